@@ -1,0 +1,23 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// newProxier builds the proxier of cfg.Mode.
+func newProxier(cfg proxier.Config) (proxier.Proxier, error) {
+	switch cfg.Mode {
+	case proxier.ModeIPTables:
+		return iptables.New(cfg)
+	case proxier.ModeIPVS, proxier.ModeUserspace:
+		return nil, fmt.Errorf("mode %q is not built yet", cfg.Mode)
+	default:
+		return nil, fmt.Errorf("unknown mode %q: want userspace, iptables or ipvs", cfg.Mode)
+	}
+}
+
+// allModes lists every mode, for cleanup.
+var allModes = []string{proxier.ModeIPTables}
