@@ -192,7 +192,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, pc := range s.packets {
 		go func() { errc <- s.serveUDP(ctx, pc) }()
 	}
-	klog.InfoS("Whoami serving", "name", s.name, "tcp", s.TCPAddrs(), "udp", s.UDPAddrs())
+	klog.V(1).InfoS("Whoami serving", "name", s.name, "tcp", addrStrings(s.TCPAddrs()), "udp", addrStrings(s.UDPAddrs()))
 
 	var first error
 	select {
@@ -209,6 +209,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("whoami: %w", first)
 	}
 	return nil
+}
+
+// addrStrings formats addresses for logs.
+func addrStrings(addrs []net.Addr) []string {
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, a.String())
+	}
+	return out
 }
 
 // isClosed reports whether err comes from a socket closed on purpose.
@@ -277,13 +286,14 @@ func (s *Server) serveWhoami(w http.ResponseWriter, r *http.Request) {
 }
 
 // addresses lists every address of every interface in the server's
-// namespace, interface by interface as the kernel orders them.
+// namespace, interface by interface (IPv4 before IPv6 within one).
 func (s *Server) addresses() []string {
 	addrs, err := s.nl.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		klog.V(2).InfoS("Whoami cannot list addresses", "err", err)
 		return nil
 	}
+	sort.SliceStable(addrs, func(i, j int) bool { return addrs[i].LinkIndex < addrs[j].LinkIndex })
 	out := make([]string, 0, len(addrs))
 	for _, a := range addrs {
 		out = append(out, a.IP.String())
