@@ -25,6 +25,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // EnvVar is the environment variable that marks a process as already running
@@ -43,7 +44,8 @@ func Isolated() bool {
 // In the isolated child (EnvVar is "1") it brings the loopback interface up
 // and returns nil. Otherwise it re-executes the current binary with os.Args in
 // a new network namespace, with stdin, stdout and stderr wired through and
-// SIGINT/SIGTERM forwarded, and calls os.Exit with the child's exit status
+// SIGINT/SIGTERM forwarded (SIGINT only when it cannot have come from the
+// terminal, which signals the child directly), and calls os.Exit with the child's exit status
 // (128+signal if the child was killed by a signal): it then never returns. It
 // returns an error only when the child could not be started (for example
 // without CAP_SYS_ADMIN) or the loopback could not be brought up.
@@ -94,11 +96,17 @@ func runIsolated() (int, error) {
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("re-executing %s in a new network namespace: %w", exe, err)
 	}
+	terminalDelivers := inForegroundGroup()
 	done := make(chan struct{})
 	go func() {
 		for {
 			select {
 			case s := <-sigs:
+				if s == syscall.SIGINT && terminalDelivers {
+					// A Ctrl-C reaches the child from the terminal already;
+					// forwarding it too would deliver it twice.
+					continue
+				}
 				// The child may already be gone; nothing to do then.
 				_ = cmd.Process.Signal(s)
 			case <-done:
@@ -119,6 +127,14 @@ func runIsolated() (int, error) {
 		return 128 + int(ws.Signal()), nil
 	}
 	return exitErr.ExitCode(), nil
+}
+
+// inForegroundGroup reports whether the process belongs to the foreground
+// process group of the terminal on stdin, so that the terminal sends SIGINT
+// to the child (same group) as well.
+func inForegroundGroup() bool {
+	fg, err := unix.IoctlGetInt(int(os.Stdin.Fd()), unix.TIOCGPGRP)
+	return err == nil && fg == unix.Getpgrp()
 }
 
 // loopbackUp sets "lo" up in the current network namespace.

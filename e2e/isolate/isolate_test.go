@@ -1,11 +1,14 @@
 package isolate
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -60,10 +63,51 @@ func TestHelperProcess(t *testing.T) {
 	case "sigterm":
 		_ = unix.Kill(os.Getpid(), unix.SIGTERM)
 		select {}
+	case "wait-term":
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM)
+		fmt.Println("ready")
+		<-sigs
+		os.Exit(42)
 	default:
 		var code int
 		fmt.Sscan(os.Getenv(helperEnv), &code)
 		os.Exit(code)
+	}
+}
+
+// helperCommand runs the test binary as TestHelperProcess in mode, without
+// the isolation marker so that it isolates itself again.
+func helperCommand(mode string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, EnvVar+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, helperEnv+"="+mode)
+	return cmd
+}
+
+func TestForwardsSIGTERM(t *testing.T) {
+	cmd := helperCommand("wait-term")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("helper said %q (%v), want ready", line, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var exitErr *exec.ExitError
+	if err := cmd.Wait(); !errors.As(err, &exitErr) || exitErr.ExitCode() != 42 {
+		t.Errorf("Wait() = %v, want exit status 42 from the child that got SIGTERM", err)
 	}
 }
 
@@ -78,14 +122,7 @@ func TestExitStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.helper, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
-			for _, kv := range os.Environ() {
-				if !strings.HasPrefix(kv, EnvVar+"=") {
-					cmd.Env = append(cmd.Env, kv)
-				}
-			}
-			cmd.Env = append(cmd.Env, helperEnv+"="+tt.helper)
-			err := cmd.Run()
+			err := helperCommand(tt.helper).Run()
 			got := 0
 			var exitErr *exec.ExitError
 			if errors.As(err, &exitErr) {
