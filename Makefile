@@ -1,0 +1,49 @@
+# svcproxy — build, test, lab and bench.
+#
+#   make lab            the teaching lab (MODE=iptables|ipvs|userspace)
+#   make test           unit tests, then the end-to-end suites in network
+#                       namespaces (and IPVS in a VM when the host has none)
+#   make bench          the modes side by side
+#   make deps           install the system packages the above need (apt)
+
+GO      ?= go
+BIN     := bin/svcproxy
+MODE    ?= iptables
+APT_PKGS := iptables ipset ipvsadm conntrack iproute2 curl
+
+.PHONY: all build deps test unit e2e lab bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/svcproxy
+
+# deps installs what the lab and the tests need when it is missing.
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 ./proxier/... ./iptables/... ./userspace/... ./ipvs/... ./cmd/...
+
+# The end-to-end suites re-exec themselves into a throwaway network
+# namespace: nothing they do reaches the host's own.
+e2e: deps build
+	$(GO) test -count=1 -timeout 20m ./e2e/...
+
+test: deps build unit e2e
+
+lab: deps build
+	./$(BIN) lab --mode=$(MODE)
+
+bench: deps build
+	./$(BIN) bench
+
+clean:
+	rm -rf bin
