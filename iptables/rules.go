@@ -257,11 +257,11 @@ func (rc *ruleContext) staticNAT(b *proxier.RuleBuffer, nodePortAddrs []string) 
 	proxier.MasqueradeRules(b, rc.cfg.MasqueradeBit)
 	b.Rule("-A", markDropChain, "-j", "MARK", "--or-mark", rc.dropMark)
 	if len(rc.cfg.NodePortAddresses) == 0 {
-		b.Rule("-A", servicesChain, append(proxier.Comment("svcproxy node ports; must be last"), "-m", "addrtype", "--dst-type", "LOCAL", "-j", nodePortsChain)...)
+		b.Rule("-A", servicesChain, append(proxier.Comment("svcproxy node ports, must be last"), "-m", "addrtype", "--dst-type", "LOCAL", "-j", nodePortsChain)...)
 		return
 	}
 	for _, a := range nodePortAddrs {
-		b.Rule("-A", servicesChain, append(proxier.Comment("svcproxy node ports; must be last"), "-d", a+"/32", "-j", nodePortsChain)...)
+		b.Rule("-A", servicesChain, append(proxier.Comment("svcproxy node ports, must be last"), "-d", a+"/32", "-j", nodePortsChain)...)
 	}
 }
 
