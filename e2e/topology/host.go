@@ -113,7 +113,6 @@ type Proc struct {
 	// LogPath is the file that receives the command's stdout and stderr.
 	LogPath string
 
-	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
 }
@@ -179,7 +178,7 @@ func (h *Host) Start(name string, args ...string) (*Proc, error) {
 	if err := h.Do(cmd.Start); err != nil {
 		return nil, fmt.Errorf("starting %s in %s: %w", name, h.NS, err)
 	}
-	p := &Proc{Name: name, Args: args, Pid: cmd.Process.Pid, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
+	p := &Proc{Name: name, Args: args, Pid: cmd.Process.Pid, LogPath: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)

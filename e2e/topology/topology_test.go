@@ -212,15 +212,21 @@ func TestClusterTraffic(t *testing.T) {
 			host *Host
 			key  string
 			want string
+			// absentOK: the key only exists with br_netfilter (loaded on
+			// the host, not in the VM), whose absence means the same.
+			absentOK bool
 		}{
-			{&c.Node("node1").Host, "net.ipv4.ip_forward", "1"},
-			{&c.Node("node2").Host, "net.ipv4.conf.all.rp_filter", "0"},
-			{&c.Node("node2").Host, "net.ipv4.conf.eth0.rp_filter", "0"},
-			{&c.Pod("pod-a").Host, "net.ipv4.conf.default.rp_filter", "0"},
-			{c.Fabric, "net.bridge.bridge-nf-call-iptables", "0"},
+			{&c.Node("node1").Host, "net.ipv4.ip_forward", "1", false},
+			{&c.Node("node2").Host, "net.ipv4.conf.all.rp_filter", "0", false},
+			{&c.Node("node2").Host, "net.ipv4.conf.eth0.rp_filter", "0", false},
+			{&c.Pod("pod-a").Host, "net.ipv4.conf.default.rp_filter", "0", false},
+			{c.Fabric, "net.bridge.bridge-nf-call-iptables", "0", true},
 		}
 		for _, tt := range tests {
 			got, err := tt.host.Sysctl(tt.key)
+			if tt.absentOK && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
 			if err != nil || got != tt.want {
 				t.Errorf("%s in %s = %q (%v), want %q", tt.key, tt.host.Name, got, err, tt.want)
 			}
@@ -352,7 +358,7 @@ func TestStartLogs(t *testing.T) {
 func TestBuildFailureCleansUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the fabric is made, then the build stops at the first node
-	prefix := "svcptest"
+	prefix := fmt.Sprintf("svcpfail%d", os.Getpid()) // unique among concurrent runs
 	_, err := Build(ctx, Spec{Prefix: prefix, Nodes: []NodeSpec{{Name: "node1", Pods: []string{"p"}}}})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Build with a cancelled context = %v, want context.Canceled", err)
