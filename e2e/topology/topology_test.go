@@ -357,7 +357,7 @@ func TestStartLogs(t *testing.T) {
 
 func TestBuildFailureCleansUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // the fabric is made, then the build stops at the first node
+	cancel()                                         // the fabric is made, then the build stops at the first node
 	prefix := fmt.Sprintf("svcpfail%d", os.Getpid()) // unique among concurrent runs
 	_, err := Build(ctx, Spec{Prefix: prefix, Nodes: []NodeSpec{{Name: "node1", Pods: []string{"p"}}}})
 	if !errors.Is(err, context.Canceled) {
