@@ -189,7 +189,9 @@ build() { # KERNEL_DEB
 	say "unpacking $(basename "$deb")"
 	dpkg-deb -x "$deb" "$kroot"
 	kver=$(basename "$(find "$kroot/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)")
-	[ -n "$kver" ] && [ -f "$kroot/boot/vmlinuz-$kver" ] || die "no kernel in $deb"
+	if [ -z "$kver" ] || [ ! -f "$kroot/boot/vmlinuz-$kver" ]; then
+		die "no kernel in $deb"
+	fi
 	mdir=$kroot/lib/modules/$kver
 	# The package ships no modules.dep (the postinst makes it): make one for
 	# the full tree to find dependencies, then one for the staged subset.

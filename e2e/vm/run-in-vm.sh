@@ -97,20 +97,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ---- the job: a shell script run inside the chroot.
+# ---- the job: a POSIX shell script run inside the chroot.
+# Single quotes for every word: /bin/sh (dash) has no $'...' quoting.
+# shq sets REPLY (no command substitution: it would drop trailing newlines).
+shq() { REPLY="'${1//\'/\'\\\'\'}'"; }
 {
 	echo '# written by run-in-vm.sh'
 	echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/go/bin'
 	echo 'export HOME=/root LANG=C.UTF-8 TERM=dumb'
 	# pass-through from this shell, then -e, then the VM marker (last wins)
 	while IFS= read -r name; do
-		printf 'export %s=%q\n' "$name" "${!name}"
+		shq "${!name}"
+		printf 'export %s=%s\n' "$name" "$REPLY"
 	done < <(compgen -e | grep -E '^(SVCPROXY_[A-Z0-9_]*|GOCOVERDIR|GOTRACEBACK|GODEBUG|GOMAXPROCS)$')
-	for kv in "${envs[@]+"${envs[@]}"}"; do printf 'export %q\n' "$kv"; done
+	for kv in "${envs[@]+"${envs[@]}"}"; do
+		shq "$kv"
+		printf 'export %s\n' "$REPLY"
+	done
 	echo 'export SVCPROXY_IN_VM=1'
-	printf 'cd %q || { echo "svcproxy-vm: %s is not visible inside the VM" >&2; exit 125; }\n' "$PWD" "$PWD"
+	shq "$PWD"
+	printf 'cd %s || { echo "svcproxy-vm: the working directory is not visible inside the VM" >&2; exit 125; }\n' "$REPLY"
 	printf 'exec'
-	printf ' %q' "$@"
+	for a in "$@"; do
+		shq "$a"
+		printf ' %s' "$REPLY"
+	done
 	printf '\n'
 } >"$ctl/job.sh"
 
@@ -152,7 +163,8 @@ setpriv --pdeathsig TERM \
 	-chardev stdio,id=job,signal=off -serial chardev:job \
 	</dev/null &
 vm=$!
-trap 'kill -TERM "$vm" 2>/dev/null' TERM INT HUP
+interrupted=
+trap 'interrupted=1; kill -TERM "$vm" 2>/dev/null' TERM INT HUP
 while :; do
 	wait "$vm"
 	qrc=$?
@@ -161,12 +173,15 @@ done
 end=$(date +%s.%N)
 
 console_tail() {
-	say "last console lines ($ctl/console.log):"
+	say "last console lines (-k keeps the whole log):"
 	tail -n 40 "$ctl/console.log" 2>/dev/null | sed 's/^/  | /' >&2
 }
 
 if [ -s "$ctl/status" ]; then
 	rc=$(cat "$ctl/status")
+elif [ -n "$interrupted" ]; then
+	say "FAILED: interrupted by a signal; the VM was stopped"
+	rc=125
 elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 	say "FAILED: the VM hit the ${timeout_s}s cap (-t)"
 	console_tail
@@ -179,7 +194,7 @@ fi
 
 if [ "$quiet" = 0 ]; then
 	wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
-	if read -r t0 t1 t2 <"$ctl/clock" 2>/dev/null; then
+	if [ -s "$ctl/clock" ] && read -r t0 t1 t2 <"$ctl/clock"; then
 		say "$(awk -v w="$wall" -v t0="$t0" -v t1="$t1" -v t2="$t2" -v rc="$rc" 'BEGIN {
 			printf "wall %.2fs; guest uptime: init %.2fs, command start %.2fs, command took %.2fs; exit %s", w, t0, t1, t2 - t1, rc }')"
 	else
