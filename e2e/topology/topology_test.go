@@ -357,8 +357,10 @@ func TestStartLogs(t *testing.T) {
 
 func TestBuildFailureCleansUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()                                         // the fabric is made, then the build stops at the first node
-	prefix := fmt.Sprintf("svcpfail%d", os.Getpid()) // unique among concurrent runs
+	// The fabric is made, then the build stops at the first node.
+	cancel()
+	// Unique among concurrent runs.
+	prefix := fmt.Sprintf("svcpfail%d", os.Getpid())
 	_, err := Build(ctx, Spec{Prefix: prefix, Nodes: []NodeSpec{{Name: "node1", Pods: []string{"p"}}}})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Build with a cancelled context = %v, want context.Canceled", err)
