@@ -5,6 +5,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/userspace"
 )
 
 // newProxier builds the proxier of cfg.Mode.
@@ -12,7 +13,9 @@ func newProxier(cfg proxier.Config) (proxier.Proxier, error) {
 	switch cfg.Mode {
 	case proxier.ModeIPTables:
 		return iptables.New(cfg)
-	case proxier.ModeIPVS, proxier.ModeUserspace:
+	case proxier.ModeUserspace:
+		return userspace.New(cfg)
+	case proxier.ModeIPVS:
 		return nil, fmt.Errorf("mode %q is not built yet", cfg.Mode)
 	default:
 		return nil, fmt.Errorf("unknown mode %q: want userspace, iptables or ipvs", cfg.Mode)
@@ -20,4 +23,4 @@ func newProxier(cfg proxier.Config) (proxier.Proxier, error) {
 }
 
 // allModes lists every mode, for cleanup.
-var allModes = []string{proxier.ModeIPTables}
+var allModes = []string{proxier.ModeIPTables, proxier.ModeUserspace}
