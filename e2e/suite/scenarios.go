@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/svcproxy/svcproxy/e2e/manifest"
 	"github.com/svcproxy/svcproxy/e2e/topology"
 )
 
@@ -33,10 +34,10 @@ var scenarios = []scenario{
 	},
 	{
 		name: "multi-port",
-		manifests: svc{name: "multi", clusterIP: "10.96.1.2", ports: []svcPort{
-			{name: "a", port: 9001, target: "8080"}, {name: "b", port: 9002, target: "81"},
-		}}.yaml() + slice{name: "multi-1", service: "multi",
-			ports: []slicePort{{name: "a", port: 8080}, {name: "b", port: 81}}, endpoints: pods("web1", "web2")}.yaml(),
+		manifests: manifest.Service{Name: "multi", ClusterIP: "10.96.1.2", Ports: []manifest.Port{
+			{Name: "a", Port: 9001, Target: "8080"}, {Name: "b", Port: 9002, Target: "81"},
+		}}.YAML() + manifest.Slice{Name: "multi-1", Service: "multi",
+			Ports: []manifest.SlicePort{{Name: "a", Port: 8080}, {Name: "b", Port: 81}}, Endpoints: pods("web1", "web2")}.YAML(),
 		check: func(e *env) {
 			for _, url := range []string{"http://10.96.1.2:9001/", "http://10.96.1.2:9002/"} {
 				e.reachable("client", url)
@@ -48,9 +49,9 @@ var scenarios = []scenario{
 		// web1 and web2 serve "web" on 8080, web3 on 8081: each slice
 		// resolves the named targetPort for its own pods.
 		name: "named-targetport",
-		manifests: svc{name: "named", clusterIP: "10.96.1.3", ports: []svcPort{{name: "web", port: 80, target: "web"}}}.yaml() +
-			slice{name: "named-a", service: "named", ports: []slicePort{{name: "web", port: 8080}}, endpoints: pods("web1", "web2")}.yaml() +
-			slice{name: "named-b", service: "named", ports: []slicePort{{name: "web", port: 8081}}, endpoints: pods("web3")}.yaml(),
+		manifests: manifest.Service{Name: "named", ClusterIP: "10.96.1.3", Ports: []manifest.Port{{Name: "web", Port: 80, Target: "web"}}}.YAML() +
+			manifest.Slice{Name: "named-a", Service: "named", Ports: []manifest.SlicePort{{Name: "web", Port: 8080}}, Endpoints: pods("web1", "web2")}.YAML() +
+			manifest.Slice{Name: "named-b", Service: "named", Ports: []manifest.SlicePort{{Name: "web", Port: 8081}}, Endpoints: pods("web3")}.YAML(),
 		check: func(e *env) {
 			url := "http://10.96.1.3:80/"
 			e.reachable("client", url)
@@ -59,21 +60,21 @@ var scenarios = []scenario{
 	},
 	{
 		name: "session-affinity",
-		manifests: svc{name: "sticky", clusterIP: "10.96.1.4", affinity: true, ports: []svcPort{{name: "http", port: 80, target: "80"}}}.yaml() +
-			slice{name: "sticky-1", service: "sticky", ports: []slicePort{{name: "http", port: 80}}, endpoints: web}.yaml(),
+		manifests: manifest.Service{Name: "sticky", ClusterIP: "10.96.1.4", Affinity: true, Ports: []manifest.Port{{Name: "http", Port: 80, Target: "80"}}}.YAML() +
+			manifest.Slice{Name: "sticky-1", Service: "sticky", Ports: []manifest.SlicePort{{Name: "http", Port: 80}}, Endpoints: web}.YAML(),
 		check: func(e *env) {
 			url := "http://10.96.1.4/"
 			e.reachable("client", url)
 			r := e.http("client", url, 100)
 			if r.Errors > 0 || len(r.Counts) != 1 {
-				e.t.Fatalf("ClientIP affinity: want every answer from one pod, got %v (errors %d: %v)", r.Counts, r.Errors, r.FirstError)
+				e.t.Fatalf("ClientIP Affinity: want every answer from one pod, got %v (errors %d: %v)", r.Counts, r.Errors, r.FirstError)
 			}
 		},
 	},
 	{
 		name: "nodeport",
-		manifests: svc{name: "np", clusterIP: "10.96.1.5", typ: "NodePort", ports: []svcPort{{name: "http", port: 80, target: "80", nodePort: 30080}}}.yaml() +
-			slice{name: "np-1", service: "np", ports: []slicePort{{name: "http", port: 80}}, endpoints: web}.yaml(),
+		manifests: manifest.Service{Name: "np", ClusterIP: "10.96.1.5", Type: "NodePort", Ports: []manifest.Port{{Name: "http", Port: 80, Target: "80", NodePort: 30080}}}.YAML() +
+			manifest.Slice{Name: "np-1", Service: "np", Ports: []manifest.SlicePort{{Name: "http", Port: 80}}, Endpoints: web}.YAML(),
 		check: func(e *env) {
 			for _, node := range []int{1, 2, 3} {
 				url := fmt.Sprintf("http://%s:30080/", topology.NodeIP(node))
@@ -84,8 +85,8 @@ var scenarios = []scenario{
 	},
 	{
 		name: "external-ip",
-		manifests: svc{name: "extip", clusterIP: "10.96.1.6", externalIPs: []string{"203.0.113.10"}, ports: []svcPort{{name: "http", port: 80, target: "80"}}}.yaml() +
-			slice{name: "extip-1", service: "extip", ports: []slicePort{{name: "http", port: 80}}, endpoints: web}.yaml(),
+		manifests: manifest.Service{Name: "extip", ClusterIP: "10.96.1.6", ExternalIPs: []string{"203.0.113.10"}, Ports: []manifest.Port{{Name: "http", Port: 80, Target: "80"}}}.YAML() +
+			manifest.Slice{Name: "extip-1", Service: "extip", Ports: []manifest.SlicePort{{Name: "http", Port: 80}}, Endpoints: web}.YAML(),
 		check: func(e *env) {
 			url := "http://203.0.113.10/"
 			e.reachable("external", url)
@@ -94,12 +95,12 @@ var scenarios = []scenario{
 	},
 	{
 		name: "loadbalancer",
-		manifests: svc{name: "lb", clusterIP: "10.96.1.7", typ: "LoadBalancer", lbIPs: []string{"203.0.113.20"},
-			sources: []string{topology.ExternalIP + "/32"}, ports: []svcPort{{name: "http", port: 80, target: "80", nodePort: 30081}}}.yaml() +
-			slice{name: "lb-1", service: "lb", ports: []slicePort{{name: "http", port: 80}}, endpoints: web}.yaml() +
-			svc{name: "lb-denied", clusterIP: "10.96.1.8", typ: "LoadBalancer", lbIPs: []string{"203.0.113.21"},
-				sources: []string{"192.0.2.0/24"}, ports: []svcPort{{name: "http", port: 80, target: "80", nodePort: 30082}}}.yaml() +
-			slice{name: "lb-denied-1", service: "lb-denied", ports: []slicePort{{name: "http", port: 80}}, endpoints: web}.yaml(),
+		manifests: manifest.Service{Name: "lb", ClusterIP: "10.96.1.7", Type: "LoadBalancer", LoadBalancerIPs: []string{"203.0.113.20"},
+			SourceRanges: []string{topology.ExternalIP + "/32"}, Ports: []manifest.Port{{Name: "http", Port: 80, Target: "80", NodePort: 30081}}}.YAML() +
+			manifest.Slice{Name: "lb-1", Service: "lb", Ports: []manifest.SlicePort{{Name: "http", Port: 80}}, Endpoints: web}.YAML() +
+			manifest.Service{Name: "lb-denied", ClusterIP: "10.96.1.8", Type: "LoadBalancer", LoadBalancerIPs: []string{"203.0.113.21"},
+				SourceRanges: []string{"192.0.2.0/24"}, Ports: []manifest.Port{{Name: "http", Port: 80, Target: "80", NodePort: 30082}}}.YAML() +
+			manifest.Slice{Name: "lb-denied-1", Service: "lb-denied", Ports: []manifest.SlicePort{{Name: "http", Port: 80}}, Endpoints: web}.YAML(),
 		check: func(e *env) {
 			url := "http://203.0.113.20/"
 			e.reachable("external", url)
@@ -150,7 +151,7 @@ var scenarios = []scenario{
 	{
 		name: "not-ready-endpoint",
 		manifests: simple("notready", "10.96.1.11", 80, 80,
-			[]endpoint{{pod: "web1"}, {pod: "web2"}, {pod: "web3", notReady: true}}),
+			append(pods("web1", "web2"), manifest.Endpoint{IP: podAddress["web3"][0], Node: podAddress["web3"][1], NotReady: true})),
 		check: func(e *env) {
 			url := "http://10.96.1.11/"
 			e.reachable("client", url)
@@ -159,8 +160,8 @@ var scenarios = []scenario{
 	},
 	{
 		name: "udp",
-		manifests: svc{name: "dns", clusterIP: "10.96.1.12", ports: []svcPort{{name: "dns", port: 53, target: "80", protocol: "UDP"}}}.yaml() +
-			slice{name: "dns-1", service: "dns", ports: []slicePort{{name: "dns", port: 80, protocol: "UDP"}}, endpoints: web}.yaml(),
+		manifests: manifest.Service{Name: "dns", ClusterIP: "10.96.1.12", Ports: []manifest.Port{{Name: "dns", Port: 53, Target: "80", Protocol: "UDP"}}}.YAML() +
+			manifest.Slice{Name: "dns-1", Service: "dns", Ports: []manifest.SlicePort{{Name: "dns", Port: 80, Protocol: "UDP"}}, Endpoints: web}.YAML(),
 		check: func(e *env) {
 			e.eventually("UDP service answers", func() error {
 				if r := e.udp("client", "10.96.1.12:53", 3); r.Errors > 0 {
@@ -185,8 +186,8 @@ var scenarios = []scenario{
 		// A file with broken documents next to a valid one: the valid
 		// service works.
 		name: "invalid-document",
-		manifests: "apiVersion: v1\nkind: Service\nmetadata: {name: broken-port, namespace: default}\nspec:\n  clusterIP: 10.96.1.14\n  ports: [{port: 99999, protocol: TCP}]\n---\n" +
-			"apiVersion: v1\nkind: Service\nmetadata: {name: unknown-field}\nspec: {clusterIP: 10.96.1.15, bogus: 1}\n---\n" +
+		manifests: "apiVersion: v1\nkind: Service\nmetadata: {Name: broken-port, namespace: default}\nspec:\n  ClusterIP: 10.96.1.14\n  Ports: [{Port: 99999, Protocol: TCP}]\n---\n" +
+			"apiVersion: v1\nkind: Service\nmetadata: {Name: unknown-field}\nspec: {ClusterIP: 10.96.1.15, bogus: 1}\n---\n" +
 			"this is: [not yaml\n---\n" +
 			simple("valid", "10.96.1.16", 80, 80, web),
 		check: func(e *env) {
@@ -196,4 +197,27 @@ var scenarios = []scenario{
 			}
 		},
 	},
+}
+
+// podAddress maps the suite's pods to their address and node.
+var podAddress = map[string][2]string{
+	"client": {topology.PodIP(1, 0).String(), "node1"},
+	"web1":   {topology.PodIP(1, 1).String(), "node1"},
+	"web2":   {topology.PodIP(2, 0).String(), "node2"},
+	"web3":   {topology.PodIP(3, 0).String(), "node3"},
+}
+
+// pods returns ready endpoints for the named pods.
+func pods(names ...string) []manifest.Endpoint {
+	var out []manifest.Endpoint
+	for _, n := range names {
+		out = append(out, manifest.Endpoint{IP: podAddress[n][0], Node: podAddress[n][1]})
+	}
+	return out
+}
+
+// simple is a one-port service name:port -> target on eps, with its slice.
+func simple(name, clusterIP string, port, target int, eps []manifest.Endpoint) string {
+	return manifest.Service{Name: name, ClusterIP: clusterIP, Ports: []manifest.Port{{Name: "http", Port: port, Target: fmt.Sprint(target)}}}.YAML() +
+		manifest.Slice{Name: name + "-1", Service: name, Ports: []manifest.SlicePort{{Name: "http", Port: target}}, Endpoints: eps}.YAML()
 }
