@@ -56,9 +56,11 @@ add_share() { # DIR
 while getopts "w:e:t:m:kqh" opt; do
 	case $opt in
 	w) add_share "$OPTARG" ;;
-	e) case $OPTARG in
+	e) name=${OPTARG%%=*}
+		[[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { say "-e $OPTARG: not a variable name"; exit 2; }
+		case $OPTARG in
 		*=*) envs+=("$OPTARG") ;;
-		*) envs+=("$OPTARG=${!OPTARG-}") ;;
+		*) envs+=("$name=${!name-}") ;;
 		esac ;;
 	t) timeout_s=$OPTARG ;;
 	m) mem=$OPTARG ;;
