@@ -66,7 +66,7 @@ EndpointSlices from a cluster (--source=kube) or from YAML files
 	klog.InitFlags(klogFlags)
 	cmd.PersistentFlags().AddGoFlag(klogFlags.Lookup("v"))
 
-	cmd.AddCommand(newCleanupCommand(), newVersionCommand(), newExplainCommand(), newWhoamiCommand())
+	cmd.AddCommand(newCleanupCommand(), newVersionCommand(), newExplainCommand(), newWhoamiCommand(), newLabCommand())
 	return cmd
 }
 

@@ -48,32 +48,53 @@ const maxAnswer = 1 << 20
 // dial, each bounded by timeout, one after the other. It stops early when
 // ctx is done and counts the requests not sent as errors.
 func HTTP(ctx context.Context, dial DialFunc, url string, n int, timeout time.Duration) Result {
-	transport := &http.Transport{
-		DialContext:       dial,
-		DisableKeepAlives: true,
-		Proxy:             nil,
-	}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport}
+	client := newClient(dial)
+	defer client.CloseIdleConnections()
 	return run(ctx, n, timeout, func(ctx context.Context) (string, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return "", fmt.Errorf("building request for %s: %w", url, err)
-		}
-		resp, err := client.Do(req)
+		body, err := get(ctx, client, url)
 		if err != nil {
 			return "", err
 		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
-		if err != nil {
-			return "", fmt.Errorf("reading answer from %s: %w", url, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("GET %s: status %s", url, resp.Status)
-		}
 		return hostnameOf(body)
 	})
+}
+
+// Fetch sends one GET request to url over a new connection made by dial and
+// returns the whole answer, as `curl -s` prints it.
+func Fetch(ctx context.Context, dial DialFunc, url string, timeout time.Duration) (string, error) {
+	client := newClient(dial)
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	body, err := get(ctx, client, url)
+	return string(body), err
+}
+
+// newClient returns an HTTP client that dials every request anew.
+func newClient(dial DialFunc) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true, Proxy: nil}}
+}
+
+// get fetches url and returns its body, or an error for a status other
+// than 200.
+func get(ctx context.Context, client *http.Client, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("building request for %s: %w", url, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if err != nil {
+		return nil, fmt.Errorf("reading answer from %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: status %s", url, resp.Status)
+	}
+	return body, nil
 }
 
 // UDP sends n datagrams to addr (IP:port), each from a new socket made by
