@@ -79,7 +79,7 @@ func (p *Proxier) explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 			ContainerChain, HostChain, proto, dst)
 		return ew.err
 	}
-	ew.printf("   (NAT rules see only the first packet of each connection; conntrack\n   rewrites the rest, and the replies back to %s.)\n\n", dst)
+	ew.printf("   (NAT rules see only the first packet of each flow; conntrack rewrites\n   the later ones the same way, and turns the replies' source back into\n   %s.)\n\n", dst)
 
 	// Step 2: filter rules on the proxy port.
 	ew.printf("2. Filter (filter INPUT -> %s)\n", InputChain)
@@ -94,7 +94,11 @@ func (p *Proxier) explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 		ew.printf("     [%d pkts, %d bytes] %s\n", r.packets, r.bytes, r.line)
 		switch target {
 		case "REJECT":
-			ew.printf("       -> the service port has no endpoints: connections are refused\n")
+			if proto == v1.ProtocolUDP {
+				ew.printf("       -> the service port has no endpoints: datagrams get ICMP port unreachable\n")
+			} else {
+				ew.printf("       -> the service port has no endpoints: connections are refused\n")
+			}
 		case "RETURN":
 			src, _ := arg(r.args, "-s")
 			ew.printf("       -> sources in %s may pass (loadBalancerSourceRanges)\n", src)

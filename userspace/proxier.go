@@ -223,8 +223,12 @@ func (p *Proxier) Sync(ctx context.Context, snap proxier.Snapshot, ch proxier.Ch
 	if err != nil {
 		return fail(err)
 	}
-	var rs ruleSet
+	// rs (without jumps) is what the previous sync is compared with.
+	rs := buildRules(sets, np, nil)
+	write := !bytes.Equal(rs.payload, p.applied.payload)
+	payload := rs.payload
 	if full {
+		// Check the kernel: jumps present, nobody flushed our chains.
 		savedNat, err := p.restorer.Save(ctx, "nat")
 		if err != nil {
 			return fail(fmt.Errorf("userspace: %w", err))
@@ -233,27 +237,20 @@ func (p *Proxier) Sync(ctx context.Context, snap proxier.Snapshot, ch proxier.Ch
 		if err != nil {
 			return fail(fmt.Errorf("userspace: %w", err))
 		}
-		missing := missingJumps(savedNat, savedFilter)
-		rs = buildRules(sets, np, missing)
-		if len(missing) > 0 || !bytes.Equal(rs.payload, p.applied.payload) {
-			err = errors.New("rules changed")
-		} else {
-			err = inKernel(rs, savedNat, savedFilter)
-			if err != nil {
+		if missing := missingJumps(savedNat, savedFilter); len(missing) > 0 {
+			write = true
+			payload = buildRules(sets, np, missing).payload
+		} else if !write {
+			if err := inKernel(rs, savedNat, savedFilter); err != nil {
 				klog.InfoS("Userspace rules in the kernel differ from what was written; rewriting them", "reason", err)
+				write = true
 			}
 		}
-		if err == nil {
-			rs = p.applied // nothing to write: keep the counters running
-		} else if err := p.restorer.Restore(ctx, rs.payload); err != nil {
+	}
+	// Unchanged rules are not rewritten, so their counters keep counting.
+	if write {
+		if err := p.restorer.Restore(ctx, payload); err != nil {
 			return fail(fmt.Errorf("userspace: write rules: %w", err))
-		}
-	} else {
-		rs = buildRules(sets, np, nil)
-		if !bytes.Equal(rs.payload, p.applied.payload) {
-			if err := p.restorer.Restore(ctx, rs.payload); err != nil {
-				return fail(fmt.Errorf("userspace: write rules: %w", err))
-			}
 		}
 	}
 
@@ -323,6 +320,7 @@ func (p *Proxier) entry(old *portalSet, external bool, sp *proxier.ServicePort, 
 	if err != nil {
 		return nil, fmt.Errorf("userspace: %w", err)
 	}
+	e.socket = sock
 	*opened = append(*opened, sock)
 	klog.InfoS("Opened proxy socket", "servicePort", sp.Name.String(), "protocol", sp.Name.Protocol,
 		"proxyPort", sock.Port(), "traffic", e.traffic, "endpoints", len(eps))
