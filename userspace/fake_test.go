@@ -66,7 +66,9 @@ func (f *fakeRestorer) Restore(_ context.Context, payload []byte) error {
 		if len(fields) == 0 {
 			continue
 		}
-		bad := func(why string) error { return fmt.Errorf("fake iptables-restore: line %d failed: %s: %q", n+1, why, line) }
+		bad := func(why string) error {
+			return fmt.Errorf("fake iptables-restore: line %d failed: %s: %q", n+1, why, line)
+		}
 		switch {
 		case strings.HasPrefix(line, "*"):
 			table = line[1:]
