@@ -113,7 +113,7 @@ func (f *fakeSink) waitFor(t *testing.T, what string, cond func() bool) {
 func service(name string, labels map[string]string) *v1.Service {
 	return &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: labels,
-			Annotations: map[string]string{proxier.SchedulerAnnotation: "sh", "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+			Annotations:   map[string]string{proxier.SchedulerAnnotation: "sh", "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
 		Spec: v1.ServiceSpec{
 			ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
