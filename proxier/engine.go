@@ -18,6 +18,10 @@ type SyncReport struct {
 	Err      error
 	// TriggerTimes are the change times the sync made effective.
 	TriggerTimes []time.Time
+	// Snapshot is the state the sync handed to the proxier (in force when
+	// Err is nil). Consumers such as the health-check node port server and
+	// the metrics read it; they must not modify it.
+	Snapshot Snapshot
 }
 
 // Engine ties a source, the tracker, the sync runner and a Proxier together:
@@ -57,7 +61,7 @@ func (e *Engine) sync(ctx context.Context, full bool) error {
 	e.carry.Merge(ch)
 	e.carry.Full = e.carry.Full || full
 	err := e.proxier.Sync(ctx, snap, e.carry)
-	report := SyncReport{Start: start, Duration: time.Since(start), Full: e.carry.Full, Services: len(e.carry.Services), Err: err}
+	report := SyncReport{Start: start, Duration: time.Since(start), Full: e.carry.Full, Services: len(e.carry.Services), Err: err, Snapshot: snap}
 	if report.Full {
 		report.Services = len(snap.Services)
 	}
