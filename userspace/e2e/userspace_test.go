@@ -255,4 +255,3 @@ func dumpLogs(t *testing.T, c *topology.Cluster) {
 		t.Logf("=== node1 iptables-save ===\n%s", out)
 	}
 }
-
