@@ -72,6 +72,8 @@ COMMIT
 		{name: "tcp match without -p tcp", payload: "*nat\n-A FOO -m tcp --dport 80 -j RETURN\nCOMMIT\n", wantErr: "only valid with -p tcp"},
 		{name: "unknown module", payload: "*nat\n-A FOO -m multiport --dports 80 -j RETURN\nCOMMIT\n", wantErr: "not supported"},
 		{name: "unknown option", payload: "*nat\n-A FOO -m comment --frobnicate x -j RETURN\nCOMMIT\n", wantErr: "unknown option"},
+		{name: "IPv6 address", payload: "*nat\n-A FOO -d fd00::1/128 -j RETURN\nCOMMIT\n", wantErr: "not found"},
+		{name: "IPv6 DNAT", payload: "*nat\n-A FOO -p tcp -j DNAT --to-destination [fd00::1]:80\nCOMMIT\n", wantErr: "bad --to-destination"},
 		{name: "missing COMMIT", payload: "*nat\n-A FOO -j RETURN\n", wantErr: "COMMIT expected"},
 		{name: "unterminated quote", payload: "*nat\n-A FOO -m comment --comment \"x -j RETURN\nCOMMIT\n", wantErr: "unterminated quote"},
 		{name: "chain name too long", payload: "*nat\n:SVCP-0123456789012345678901234 - [0:0]\nCOMMIT\n", wantErr: "longer than"},

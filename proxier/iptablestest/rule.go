@@ -324,11 +324,13 @@ func (r *Rule) render() []string {
 func canonicalBase(name, v string) (string, error) {
 	switch name {
 	case "-s", "-d":
-		if p, err := netip.ParsePrefix(v); err == nil {
+		// The fake is IPv4 iptables: an IPv6 address fails as it does in
+		// iptables (ip6tables is another program with other tables).
+		if p, err := netip.ParsePrefix(v); err == nil && p.Addr().Is4() {
 			return p.Masked().String(), nil
 		}
 		a, err := netip.ParseAddr(v)
-		if err != nil {
+		if err != nil || !a.Is4() {
 			return "", fmt.Errorf("host/network %q not found", v)
 		}
 		return netip.PrefixFrom(a, a.BitLen()).String(), nil
@@ -384,11 +386,11 @@ func formatMark(v, m uint32) string {
 
 // parseDNAT parses a --to-destination value: "ip" or "ip:port".
 func parseDNAT(s string) (netip.Addr, int, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Addr().Is4() {
 		return ap.Addr(), int(ap.Port()), nil
 	}
 	a, err := netip.ParseAddr(s)
-	if err != nil {
+	if err != nil || !a.Is4() {
 		return netip.Addr{}, 0, fmt.Errorf("bad --to-destination %q", s)
 	}
 	return a, 0, nil
