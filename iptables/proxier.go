@@ -94,13 +94,42 @@ func (p *Proxier) Sync(ctx context.Context, snap proxier.Snapshot, ch proxier.Ch
 }
 
 // build computes the rules of one service port, or nil if it has none.
+// Only IPv4 is programmed (iptables, not ip6tables): the IPv6 addresses of
+// a dual-stack or IPv6 service are left out, as one of them would fail the
+// whole iptables-restore.
 func (p *Proxier) build(snap proxier.Snapshot, spn proxier.ServicePortName) *serviceRules {
 	sp, ok := snap.Services[spn]
 	if !ok {
 		return nil
 	}
-	sel := proxier.SelectEndpoints(sp, snap.Endpoints[spn], p.cfg.Node)
+	sp, eps := ipv4Only(sp, snap.Endpoints[spn])
+	if len(sp.ClusterIPs) == 0 {
+		return &serviceRules{dispatch: map[topChain][]string{}} // IPv6 only: nothing to write
+	}
+	sel := proxier.SelectEndpoints(sp, eps, p.cfg.Node)
 	return p.rc.buildServiceRules(sp, sel)
+}
+
+// ipv4Only returns a copy of sp and eps without IPv6 addresses, as
+// kube-proxy filters a service by its proxier's IP family.
+func ipv4Only(sp *proxier.ServicePort, eps []proxier.Endpoint) (*proxier.ServicePort, []proxier.Endpoint) {
+	is4 := func(a netip.Addr) bool { return a.Is4() }
+	v4 := *sp
+	v4.ClusterIPs = filterSlice(sp.ClusterIPs, is4)
+	v4.ExternalIPs = filterSlice(sp.ExternalIPs, is4)
+	v4.LoadBalancerIPs = filterSlice(sp.LoadBalancerIPs, is4)
+	v4.LoadBalancerSourceRanges = filterSlice(sp.LoadBalancerSourceRanges, func(p netip.Prefix) bool { return p.Addr().Is4() })
+	return &v4, filterSlice(eps, func(e proxier.Endpoint) bool { return e.IP.Is4() })
+}
+
+func filterSlice[T any](in []T, keep func(T) bool) []T {
+	var out []T
+	for _, x := range in {
+		if keep(x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {

@@ -533,3 +533,32 @@ func TestNewRejectsBadMasqueradeBit(t *testing.T) {
 
 // Ensure unused imports stay meaningful if a test above is edited.
 var _ = []any{v1.ProtocolTCP, discovery.AddressTypeIPv4}
+
+// TestIPv6AddressesAreSkipped: the iptables mode programs IPv4 iptables, so
+// IPv6 cluster IPs, external IPs, source ranges and endpoints (a dual-stack
+// or IPv6-only service) must be left out instead of failing the whole
+// iptables-restore for every service.
+func TestIPv6AddressesAreSkipped(t *testing.T) {
+	_, f, _ := syncWorld(t, testConfig(), func(tr *proxier.Tracker) {
+		tr.UpdateService(svc("dual", "172.30.0.61", nodePort(3061), externalIPs("192.168.99.61", "2001:db8::61"),
+			loadBalancer("5.6.7.61", "203.0.113.0/25", "2001:db8::/64"), nodePort(3061), func(s *v1.Service) {
+				s.Spec.ClusterIPs = []string{"172.30.0.61", "fd00::61"}
+				s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: "2001:db8::62"})
+			}))
+		tr.UpdateEndpointSlice(tcpEps("dual", 8080, "10.0.1.61@node1"))
+		v6 := tcpEps("dual", 8080, "fd00:10::61@node1")
+		v6.Name, v6.AddressType = "dual-v6", discovery.AddressTypeIPv6
+		tr.UpdateEndpointSlice(v6)
+		tr.UpdateService(svc("v6only", "fd00::62"))
+		v6only := tcpEps("v6only", 8080, "fd00:10::62@node1")
+		v6only.AddressType = discovery.AddressTypeIPv6
+		tr.UpdateEndpointSlice(v6only)
+	})
+	runPacketFlowTests(t, f, []packetFlowTest{
+		{name: "dual-stack cluster IP", src: "10.0.1.100", dst: "172.30.0.61", port: 80, want: "10.0.1.61:8080"},
+		{name: "dual-stack node port", src: "203.0.113.5", dst: "192.168.0.2", port: 3061, want: "10.0.1.61:8080", masq: true},
+		{name: "dual-stack LB, allowed", src: "203.0.113.5", dst: "5.6.7.61", port: 80, want: "10.0.1.61:8080", masq: true},
+		{name: "dual-stack LB, denied", src: "203.0.113.200", dst: "5.6.7.61", port: 80, want: "DROP"},
+		{name: "others unaffected", src: "10.0.1.100", dst: "172.30.0.41", port: 80, want: "10.0.1.1:8080, 10.0.2.1:8080, 10.0.3.1:8080"},
+	})
+}
