@@ -11,7 +11,9 @@ BIN     := bin/svcproxy
 MODE    ?= iptables
 APT_PKGS := iptables ipset ipvsadm conntrack iproute2 curl
 
-.PHONY: all build deps test unit e2e lab bench clean
+.PHONY: all build deps test unit e2e lab lab-down bench clean
+
+include e2e/vm/vm.mk
 
 all: build
 
@@ -34,13 +36,18 @@ unit:
 
 # The end-to-end suites re-exec themselves into a throwaway network
 # namespace: nothing they do reaches the host's own.
-e2e: deps build
-	$(GO) test -count=1 -timeout 20m ./e2e/...
+# IPVS scenarios run inside the VM (vm-image) when the host has no IPVS.
+e2e: deps vm-image build
+	$(GO) test -count=1 -timeout 25m ./e2e/...
 
 test: deps build unit e2e
 
 lab: deps build
+	@if [ "$(MODE)" = ipvs ]; then $(MAKE) --no-print-directory vm-image; fi
 	./$(BIN) lab --mode=$(MODE)
+
+lab-down: build
+	./$(BIN) lab --down
 
 bench: deps build
 	./$(BIN) bench
