@@ -218,7 +218,10 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 		return fmt.Errorf("iptables full sync: %w", err)
 	}
 	p.written = written
-	p.nodePortJumps = max(1, len(nodePortAddrs))
+	p.nodePortJumps = 1 // the addrtype LOCAL jump
+	if len(p.cfg.NodePortAddresses) > 0 {
+		p.nodePortJumps = len(nodePortAddrs) // may be none
+	}
 	p.updateCounts()
 	klog.V(2).InfoS("iptables full sync", "services", len(names), "rules", b.Rules(), "bytes", b.Len())
 	return nil

@@ -227,6 +227,10 @@ func TestRuleCounts(t *testing.T) {
 		c := testConfig()
 		c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}
 		return c
+	}(), func() proxier.Config {
+		c := testConfig()
+		c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")} // no node address in it
+		return c
 	}()} {
 		p, f, tr := syncWorld(t, cfg)
 		check := func(when string) {
