@@ -566,3 +566,24 @@ func TestIPv6AddressesAreSkipped(t *testing.T) {
 		{name: "others unaffected", src: "10.0.1.100", dst: "172.30.0.41", port: 80, want: "10.0.1.1:8080, 10.0.2.1:8080, 10.0.3.1:8080"},
 	})
 }
+
+// TestLocalPolicyWithoutLocalEndpoints: with externalTrafficPolicy Local and
+// no endpoint on this node, traffic from outside to the external addresses
+// is dropped, but pods and the node itself still reach the other nodes'
+// endpoints through them (as with kube-proxy).
+func TestLocalPolicyWithoutLocalEndpoints(t *testing.T) {
+	_, f, _ := syncWorld(t, testConfig(), func(tr *proxier.Tracker) {
+		tr.UpdateService(svc("svc11", "172.30.0.51", loadBalancer("5.6.7.11"), nodePort(3011), externalIPs("192.168.99.11"), localPolicy))
+		tr.UpdateEndpointSlice(tcpEps("svc11", 8080, "10.0.2.11@node2"))
+	})
+	runPacketFlowTests(t, f, []packetFlowTest{
+		{name: "outside to node port", src: "203.0.113.5", dst: "192.168.0.2", port: 3011, want: "DROP"},
+		{name: "outside to LB IP", src: "203.0.113.5", dst: "5.6.7.11", port: 80, want: "DROP"},
+		{name: "outside to external IP", src: "203.0.113.5", dst: "192.168.99.11", port: 80, want: "DROP"},
+		{name: "pod to node port", src: "10.0.1.100", dst: "192.168.0.2", port: 3011, want: "10.0.2.11:8080"},
+		{name: "pod to LB IP", src: "10.0.1.100", dst: "5.6.7.11", port: 80, want: "10.0.2.11:8080"},
+		{name: "pod to external IP", src: "10.0.1.100", dst: "192.168.99.11", port: 80, want: "10.0.2.11:8080"},
+		{name: "node to its node port", src: "192.168.0.2", dst: "192.168.0.2", port: 3011, output: true, want: "10.0.2.11:8080", masq: true},
+		{name: "pod to cluster IP", src: "10.0.1.100", dst: "172.30.0.51", port: 80, want: "10.0.2.11:8080"},
+	})
+}

@@ -119,17 +119,26 @@ func (rc *ruleContext) buildServiceRules(sp *proxier.ServicePort, sel proxier.Se
 		sepChains[ep.String()] = chainName(sepChainPrefix, name, proto, ep.String())
 	}
 	hasCluster, hasExternal := len(sel.Cluster) > 0, len(sel.External) > 0
+	// With externalTrafficPolicy Local and no endpoint on this node, pods
+	// and the node itself still reach the other endpoints through the
+	// external chain's short-circuit rules; the rest is dropped in filter
+	// (after DNAT, so short-circuited traffic no longer matches), as
+	// kube-proxy does.
+	noLocal := sp.ExternalPolicyLocal && !hasExternal && hasCluster
 
 	// dispatch adds the rule for one address of the service: a jump to
 	// target when the service has endpoints for that traffic, else a REJECT
-	// in the filter table.
+	// in the filter table (a DROP for noLocal external addresses).
 	dispatch := func(what, dst, dport string, nat topChain, target string, usable bool, extra ...string) {
 		match := append(append([]string{}, extra...), protoMatch(dport)...)
 		if dst != "" {
 			match = append([]string{"-d", dst + "/32"}, match...)
 		}
-		if usable {
+		external := target != svcChain
+		if usable || (noLocal && external) {
 			add(nat, append(append([]string{comment(what)}, match...), "-j", target)...)
+		}
+		if usable {
 			return
 		}
 		reject := filterServices
@@ -137,7 +146,11 @@ func (rc *ruleContext) buildServiceRules(sp *proxier.ServicePort, sel proxier.Se
 			reject = filterExtService
 			match = append([]string{"-m", "addrtype", "--dst-type", "LOCAL"}, match...)
 		}
-		add(reject, append(append([]string{comment(what + " has no endpoints")}, match...), "-j", "REJECT")...)
+		why, verdict := " has no endpoints", "REJECT"
+		if noLocal && external {
+			why, verdict = " has no local endpoints", "DROP"
+		}
+		add(reject, append(append([]string{comment(what + why)}, match...), "-j", verdict)...)
 	}
 	for _, ip := range sp.ClusterIPs {
 		dispatch("cluster IP", ip.String(), port, natServices, svcChain, hasCluster)
@@ -178,7 +191,7 @@ func (rc *ruleContext) buildServiceRules(sp *proxier.ServicePort, sel proxier.Se
 		out.chains = append(out.chains, c)
 	}
 	// The external chain: NodePorts, external and LoadBalancer IPs.
-	if hasExternal && sp.ExternallyReachable() {
+	if (hasExternal || noLocal) && sp.ExternallyReachable() {
 		c := chainRules{name: extChain}
 		if !sp.ExternalPolicyLocal {
 			c.rules = append(c.rules, comment("masquerade traffic from outside")+" -j "+proxier.MarkMasqChain)
