@@ -237,11 +237,32 @@ func (t *Tracker) current(key types.NamespacedName) *serviceState {
 		}
 	}
 	for spn, eps := range st.endpoints {
+		// Slices come in map order: an endpoint listed by two slices must
+		// merge the same way every time (the ready, then serving copy
+		// wins), or a no-op update would look like a change.
 		slices.SortFunc(eps, func(a, b Endpoint) int {
 			if c := a.IP.Compare(b.IP); c != 0 {
 				return c
 			}
-			return a.Port - b.Port
+			if a.Port != b.Port {
+				return a.Port - b.Port
+			}
+			if a.Ready != b.Ready {
+				return boolFirst(a.Ready)
+			}
+			if a.Serving != b.Serving {
+				return boolFirst(a.Serving)
+			}
+			if a.Terminating != b.Terminating {
+				return boolFirst(!a.Terminating)
+			}
+			if c := strings.Compare(a.NodeName, b.NodeName); c != 0 {
+				return c
+			}
+			if c := strings.Compare(a.Zone, b.Zone); c != 0 {
+				return c
+			}
+			return slices.Compare(a.ZoneHints, b.ZoneHints)
 		})
 		st.endpoints[spn] = slices.CompactFunc(eps, func(a, b Endpoint) bool { return a.AddrPort() == b.AddrPort() })
 	}
@@ -334,6 +355,15 @@ func diffService(before, now *serviceState, ch *Changes) []ServicePortName {
 	}
 	slices.SortFunc(changed, func(a, b ServicePortName) int { return strings.Compare(a.String(), b.String()) })
 	return changed
+}
+
+// boolFirst orders true before false, for a sort comparison of two
+// different booleans where a is the first.
+func boolFirst(a bool) int {
+	if a {
+		return -1
+	}
+	return 1
 }
 
 // samePort compares two ServicePorts by value.

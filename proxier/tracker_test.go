@@ -273,3 +273,28 @@ func keyStrings[V any](m map[proxier.ServicePortName]V) []string {
 }
 
 func netipAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// TestTrackerDuplicateEndpointsAreDeterministic: an endpoint listed by two
+// slices (as during a slice rebalance) is merged the same way every time,
+// preferring the ready copy, so a re-sent unchanged slice is never reported
+// as a change and the endpoint does not flip between ready and not ready.
+func TestTrackerDuplicateEndpointsAreDeterministic(t *testing.T) {
+	tr := proxier.NewTracker(nil)
+	tr.UpdateService(service("a", "172.30.0.1"))
+	ready := slice("a-1", "a", "http", 8080, v1.ProtocolTCP, ep{ip: "10.0.1.1", node: "node1"})
+	notReady := slice("a-2", "a", "http", 8080, v1.ProtocolTCP, ep{ip: "10.0.1.1", node: "node1", notReady: true})
+	tr.UpdateEndpointSlice(ready)
+	tr.UpdateEndpointSlice(notReady)
+	for i := range 100 {
+		snap, ch := tr.Commit()
+		eps := snap.Endpoints[httpPort("a")]
+		if len(eps) != 1 || !eps[0].Ready {
+			t.Fatalf("round %d: endpoints %+v, want the ready copy only", i, eps)
+		}
+		if i > 0 && len(ch.Services) != 0 {
+			t.Fatalf("round %d: re-sending unchanged slices reported changes %v", i, changed(ch))
+		}
+		tr.UpdateEndpointSlice(notReady)
+		tr.UpdateEndpointSlice(ready)
+	}
+}
