@@ -32,8 +32,9 @@ type Snapshot struct {
 	Endpoints map[ServicePortName][]Endpoint
 }
 
-// StaleEndpoint is an endpoint that left a UDP service port; its conntrack
-// entries must go or clients keep sending to a dead backend.
+// StaleEndpoint is an endpoint that left a UDP service port or stopped
+// serving it; its conntrack entries must go or clients keep sending to a
+// dead backend.
 type StaleEndpoint struct {
 	Service  ServicePortName
 	Endpoint netip.AddrPort
@@ -46,10 +47,12 @@ type Changes struct {
 	Full bool
 	// Services holds every service port whose service or endpoints changed.
 	Services map[ServicePortName]bool
-	// StaleUDP lists endpoints removed from UDP service ports.
+	// StaleUDP lists endpoints removed from UDP service ports (or no
+	// longer serving them).
 	StaleUDP []StaleEndpoint
-	// NewlyServedUDP lists UDP service ports that had no endpoints and now
-	// have some: conntrack entries that black-holed their traffic must go.
+	// NewlyServedUDP lists UDP service ports that had no serving endpoints
+	// and now have some: conntrack entries that black-holed their traffic
+	// must go.
 	NewlyServedUDP []ServicePortName
 	// TriggerTimes are the EndpointSlice last-change-trigger-time
 	// annotations of the changes, for the network programming latency.
@@ -328,16 +331,26 @@ func diffService(before, now *serviceState, ch *Changes) []ServicePortName {
 		if spn.Protocol != v1.ProtocolUDP || sameEps {
 			return
 		}
+		// Only serving endpoints receive traffic: one that stops serving
+		// is as gone as a deleted one (as in kube-proxy's cleanup).
+		serving := func(e Endpoint) bool { return e.Ready || e.Serving }
 		kept := map[netip.AddrPort]bool{}
 		for _, e := range newEps {
-			kept[e.AddrPort()] = true
+			if serving(e) {
+				kept[e.AddrPort()] = true
+			}
 		}
+		servedBefore := false
 		for _, e := range oldEps {
+			if !serving(e) {
+				continue
+			}
+			servedBefore = true
 			if !kept[e.AddrPort()] {
 				ch.StaleUDP = append(ch.StaleUDP, StaleEndpoint{Service: spn, Endpoint: e.AddrPort()})
 			}
 		}
-		if len(oldEps) == 0 && len(newEps) > 0 {
+		if !servedBefore && len(kept) > 0 {
 			ch.NewlyServedUDP = append(ch.NewlyServedUDP, spn)
 		}
 	}

@@ -298,3 +298,38 @@ func TestTrackerDuplicateEndpointsAreDeterministic(t *testing.T) {
 		tr.UpdateEndpointSlice(ready)
 	}
 }
+
+// TestTrackerUDPServingTransitions: for conntrack cleanup an endpoint that
+// stops serving is as gone as a deleted one (kube-proxy clears every UDP
+// entry not pointing to a serving endpoint), and a port whose endpoints
+// start serving is newly served even if they were listed before.
+func TestTrackerUDPServingTransitions(t *testing.T) {
+	udp := func(s *v1.Service) { s.Spec.Ports[0].Protocol = v1.ProtocolUDP; s.Spec.Ports[0].Name = "dns" }
+	dns := spn("d", "dns", v1.ProtocolUDP)
+	tr := proxier.NewTracker(nil)
+	tr.UpdateService(service("d", "172.30.0.10", udp))
+	tr.UpdateEndpointSlice(slice("d-1", "d", "dns", 53, v1.ProtocolUDP, ep{ip: "10.0.1.1"}, ep{ip: "10.0.2.1"}))
+	tr.Commit()
+
+	// 10.0.1.1 terminates and stops serving: stale.
+	tr.UpdateEndpointSlice(slice("d-1", "d", "dns", 53, v1.ProtocolUDP, ep{ip: "10.0.1.1", notReady: true, terminating: true, notServing: true}, ep{ip: "10.0.2.1"}))
+	_, ch := tr.Commit()
+	want := []proxier.StaleEndpoint{{Service: dns, Endpoint: netipAddrPort("10.0.1.1:53")}}
+	if !reflect.DeepEqual(ch.StaleUDP, want) {
+		t.Fatalf("stopped serving: stale %v, want %v", ch.StaleUDP, want)
+	}
+	// Terminating but still serving is still used (fallback): not stale.
+	tr.UpdateEndpointSlice(slice("d-1", "d", "dns", 53, v1.ProtocolUDP, ep{ip: "10.0.2.1", notReady: true, terminating: true}))
+	_, ch = tr.Commit()
+	if len(ch.StaleUDP) != 0 {
+		t.Fatalf("terminating but serving: stale %v, want none", ch.StaleUDP)
+	}
+	// Nothing serving, then serving again: newly served.
+	tr.UpdateEndpointSlice(slice("d-1", "d", "dns", 53, v1.ProtocolUDP, ep{ip: "10.0.2.1", notReady: true, terminating: true, notServing: true}))
+	tr.Commit()
+	tr.UpdateEndpointSlice(slice("d-1", "d", "dns", 53, v1.ProtocolUDP, ep{ip: "10.0.2.1", notReady: true, terminating: true, notServing: true}, ep{ip: "10.0.3.1"}))
+	_, ch = tr.Commit()
+	if !slices.Equal(ch.NewlyServedUDP, []proxier.ServicePortName{dns}) {
+		t.Fatalf("serving again: newly served %v, want [%v]", ch.NewlyServedUDP, dns)
+	}
+}
