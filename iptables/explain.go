@@ -79,8 +79,8 @@ func (e *explainer) walk(chain string, depth int) bool {
 		case target == markDropChain:
 			fmt.Fprintf(e.w, "%s   => mark the packet to be dropped (source not allowed)\n", indent)
 		case strings.HasPrefix(target, proxier.ChainPrefix) && depth < 6:
-			if e.walk(target, depth+1) && top {
-				return true
+			if !e.walk(target, depth+1) && top {
+				continue // e.g. the node port jump, for a port that is no node port
 			}
 		}
 		if top {
