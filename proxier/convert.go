@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -64,7 +65,8 @@ func ServicePorts(svc *v1.Service) (map[ServicePortName]*ServicePort, error) {
 	}
 	var ranges []netip.Prefix
 	for i, r := range svc.Spec.LoadBalancerSourceRanges {
-		p, err := netip.ParsePrefix(r)
+		// API validation allows space-padded ranges (a historical accident).
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
 		if err != nil {
 			return nil, fmt.Errorf("spec.loadBalancerSourceRanges[%d] %q: %w", i, r, err)
 		}

@@ -41,6 +41,10 @@ func TestServicePortsValidation(t *testing.T) {
 			s.Spec.Type = v1.ServiceTypeLoadBalancer
 			s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{Hostname: "lb.example.com"}}
 		}), wantPorts: 1},
+		{name: "space-padded source range is valid (the API allows it)", svc: service("a", "172.30.0.1", func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.LoadBalancerSourceRanges = []string{" 10.0.0.0/8 "}
+		}), wantPorts: 1},
 		{name: "bad source range", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/33"} }), wantErr: "loadBalancerSourceRanges[0]"},
 		{name: "port 0", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.Ports[0].Port = 0 }), wantErr: "spec.ports[0].port 0 out of range"},
 		{name: "port too big", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.Ports[0].Port = 65536 }), wantErr: "out of range"},
