@@ -103,7 +103,10 @@ func ServicePorts(svc *v1.Service) (map[ServicePortName]*ServicePort, error) {
 			return nil, fmt.Errorf("%s: a multi-port service needs a name on every port", field)
 		}
 		if p.Name != "" {
-			if errs := validation.IsValidPortName(p.Name); len(errs) > 0 {
+			// A Service port name is a DNS label (not an IANA service
+			// name like a container port's: longer and all-digit names
+			// are valid).
+			if errs := validation.IsDNS1123Label(p.Name); len(errs) > 0 {
 				return nil, fmt.Errorf("%s.name %q: %s", field, p.Name, errs[0])
 			}
 		}

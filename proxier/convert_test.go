@@ -61,6 +61,8 @@ func TestServicePortsValidation(t *testing.T) {
 		{name: "multi-port without names", svc: service("a", "172.30.0.1", func(s *v1.Service) {
 			s.Spec.Ports = []v1.ServicePort{{Port: 80, Protocol: v1.ProtocolTCP}, {Name: "b", Port: 81, Protocol: v1.ProtocolTCP}}
 		}), wantErr: "needs a name on every port"},
+		{name: "long port name is valid (a DNS label, not an IANA service name)", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.Ports[0].Name = "metrics-exporter-http" }), wantPorts: 1},
+		{name: "numeric port name is valid", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.Ports[0].Name = "8080" }), wantPorts: 1},
 		{name: "bad port name", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.Ports[0].Name = "Not_Valid" }), wantErr: "spec.ports[0].name"},
 		{name: "no ports", svc: service("a", "172.30.0.1", func(s *v1.Service) { s.Spec.Ports = nil }), wantErr: "spec.ports is empty"},
 		{name: "affinity timeout zero", svc: service("a", "172.30.0.1", affinity(0)), wantErr: "timeoutSeconds 0"},
