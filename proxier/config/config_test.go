@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/svcproxy/svcproxy/proxier"
 )
@@ -296,5 +299,28 @@ func TestEveryFlagNameIsKnown(t *testing.T) {
 		if !slices.Contains(FlagNames(), name) || fs.Lookup(name) == nil {
 			t.Errorf("flag %s is not mapped", name)
 		}
+	}
+}
+
+// TestDeployConfigMapLoads keeps deploy/configmap.yaml's config.conf valid.
+func TestDeployConfigMapLoads(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "configmap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm v1.ConfigMap
+	if err := yaml.UnmarshalStrict(raw, &cm); err != nil {
+		t.Fatalf("deploy/configmap.yaml: %v", err)
+	}
+	c, err := Decode([]byte(cm.Data["config.conf"]))
+	if err != nil {
+		t.Fatalf("config.conf: %v", err)
+	}
+	o, err := Resolve(c)
+	if err != nil {
+		t.Fatalf("config.conf: %v", err)
+	}
+	if o.Proxier.Mode != proxier.ModeIPTables || o.ClientConnection.Kubeconfig != "/var/lib/svcproxy/kubeconfig.conf" {
+		t.Errorf("config.conf: mode %s kubeconfig %s", o.Proxier.Mode, o.ClientConnection.Kubeconfig)
 	}
 }
