@@ -187,12 +187,12 @@ func TestRuleShape(t *testing.T) {
 		t.Fatalf("svc8 has endpoint chains %v, want 2", seps)
 	}
 	for _, sep := range seps {
-		want := "-m recent --name " + sep + " --rcheck --seconds 10800 --reap -j " + sep
+		want := "-m recent --rcheck --seconds 10800 --reap --name " + sep + " --mask 255.255.255.255 --rsource -j " + sep
 		if !slices.Contains(rules, want) {
 			t.Errorf("%s lacks the affinity check %q:\n%s", svcChain, want, strings.Join(rules, "\n"))
 		}
 		sepRules, _ := f.Rules("nat", sep)
-		if len(sepRules) != 2 || !strings.Contains(sepRules[1], "-m recent --name "+sep+" --set") || !strings.Contains(sepRules[1], "-j DNAT --to-destination") {
+		if len(sepRules) != 2 || !strings.Contains(sepRules[1], "-m recent --set --name "+sep+" ") || !strings.Contains(sepRules[1], "-j DNAT --to-destination") {
 			t.Errorf("%s does not record affinity before DNAT:\n%s", sep, strings.Join(sepRules, "\n"))
 		}
 	}

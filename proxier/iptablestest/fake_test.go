@@ -315,3 +315,41 @@ func TestTracerFailsOnUnmodelledRules(t *testing.T) {
 		}
 	}
 }
+
+// TestSaveMatchesIptablesSave pins the canonical forms iptables-save 1.8.9
+// prints (checked against iptables-nft and iptables-legacy in a throwaway
+// network namespace): base matches first, defaults spelled out, MARK as
+// --set-xmark, probabilities as the kernel's 31-bit fraction.
+func TestSaveMatchesIptablesSave(t *testing.T) {
+	tests := []struct{ table, in, want string }{
+		{"nat", `-m comment --comment "a b" -d 10.0.0.1 -p tcp -m tcp --dport 80 -j RETURN`,
+			`-d 10.0.0.1/32 -p tcp -m comment --comment "a b" -m tcp --dport 80 -j RETURN`},
+		{"nat", `-m statistic --mode random --probability 0.3333333333 -j RETURN`,
+			`-m statistic --mode random --probability 0.33333333349 -j RETURN`},
+		{"nat", `-m recent --name X --rcheck --seconds 10 --reap -j RETURN`,
+			`-m recent --rcheck --seconds 10 --reap --name X --mask 255.255.255.255 --rsource -j RETURN`},
+		{"nat", `-p udp -m udp -m recent --name X --set -j DNAT --to-destination 10.0.0.1:53`,
+			`-p udp -m udp -m recent --set --name X --mask 255.255.255.255 --rsource -j DNAT --to-destination 10.0.0.1:53`},
+		{"filter", `-p tcp -m tcp --dport 80 -j REJECT`, `-p tcp -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable`},
+		{"nat", `-j MARK --or-mark 0x4000`, `-j MARK --set-xmark 0x4000/0x4000`},
+		{"nat", `-j MARK --xor-mark 0x4000`, `-j MARK --set-xmark 0x4000/0x0`},
+		{"nat", `-m mark ! --mark 0x4000/0x4000 -j RETURN`, `-m mark ! --mark 0x4000/0x4000 -j RETURN`},
+		{"nat", `-s 10.1.2.3/8 -j RETURN`, `-s 10.0.0.0/8 -j RETURN`},
+		{"nat", `-m comment --comment plain-word_1 -j RETURN`, `-m comment --comment plain-word_1 -j RETURN`},
+	}
+	for _, tc := range tests {
+		f := New()
+		if err := f.Load("*" + tc.table + "\n:C - [0:0]\n-A C " + tc.in + "\nCOMMIT\n"); err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		got, _ := f.Rules(tc.table, "C")
+		if len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s\n got %q\nwant %q", tc.in, got, tc.want)
+		}
+		// Deleting by the original spec works, as in iptables.
+		if err := f.Load("*" + tc.table + "\n-D C " + tc.in + "\nCOMMIT\n"); err != nil {
+			t.Errorf("delete %s: %v", tc.in, err)
+		}
+	}
+}

@@ -2,7 +2,9 @@ package iptablestest
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -232,6 +234,9 @@ func (r *Rule) check() error {
 			if err != nil || p < 0 || p > 1 {
 				return fmt.Errorf("bad --probability %q", o.args[0])
 			}
+			// The kernel keeps a 31-bit fraction; iptables-save prints it
+			// with 11 decimals.
+			r.matches[i].args = []string{fmt.Sprintf("%.11f", math.Round(p*0x80000000)/0x80000000)}
 		case "--mark":
 			v, m, err := parseMark(o.args[0])
 			if err != nil {
@@ -243,6 +248,11 @@ func (r *Rule) check() error {
 				return fmt.Errorf("bad %s %q", o.name, o.args[0])
 			}
 		}
+	}
+	r.canonicalRecent()
+	// REJECT: iptables-save prints the default explicitly.
+	if r.target == "REJECT" && optArg(r.tgtOpts, "--reject-with") == "" {
+		r.tgtOpts = append(r.tgtOpts, option{module: "REJECT", name: "--reject-with", args: []string{"icmp-port-unreachable"}})
 	}
 	// MARK: canonicalise to --set-xmark value/mask as iptables-save prints it.
 	if r.target == "MARK" {
@@ -412,4 +422,56 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// recentOrder is the order in which iptables-save prints -m recent options.
+var recentOrder = []string{"--set", "--rcheck", "--update", "--remove", "--seconds", "--reap", "--hitcount", "--rttl", "--name", "--mask", "--rsource", "--rdest"}
+
+// canonicalRecent puts each -m recent's options in iptables-save order and
+// adds the defaults it prints (--name DEFAULT, --mask 255.255.255.255,
+// --rsource).
+func (r *Rule) canonicalRecent() {
+	for idx, mod := range r.modules {
+		if mod != "recent" {
+			continue
+		}
+		var mine, rest []option
+		for _, o := range r.matches {
+			if o.modIdx == idx {
+				mine = append(mine, o)
+			} else {
+				rest = append(rest, o)
+			}
+		}
+		has := func(name string) bool {
+			for _, o := range mine {
+				if o.name == name {
+					return true
+				}
+			}
+			return false
+		}
+		if !has("--name") {
+			mine = append(mine, option{module: mod, name: "--name", args: []string{"DEFAULT"}, modIdx: idx})
+		}
+		if !has("--mask") {
+			mine = append(mine, option{module: mod, name: "--mask", args: []string{"255.255.255.255"}, modIdx: idx})
+		}
+		if !has("--rsource") && !has("--rdest") {
+			mine = append(mine, option{module: mod, name: "--rsource", modIdx: idx})
+		}
+		sort.SliceStable(mine, func(i, j int) bool {
+			return indexOf(recentOrder, mine[i].name) < indexOf(recentOrder, mine[j].name)
+		})
+		r.matches = append(rest, mine...)
+	}
+}
+
+func indexOf(list []string, s string) int {
+	for i, x := range list {
+		if x == s {
+			return i
+		}
+	}
+	return len(list)
 }
