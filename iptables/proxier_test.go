@@ -587,3 +587,33 @@ func TestLocalPolicyWithoutLocalEndpoints(t *testing.T) {
 		{name: "pod to cluster IP", src: "10.0.1.100", dst: "172.30.0.51", port: 80, want: "10.0.2.11:8080"},
 	})
 }
+
+// TestPartialFailureWithPerTableCommit: the real iptables-restore commits
+// filter before nat, so a partial sync whose nat part fails leaves filter
+// changed. The next sync after a failure is full (the engine's rule) and
+// repairs it.
+func TestPartialFailureWithPerTableCommit(t *testing.T) {
+	cfg := testConfig()
+	p, f, tr := syncWorld(t, cfg)
+	f.CommitPerTable = true
+	tr.UpdateEndpointSlice(tcpEps("svc4", 8080, "10.0.1.4@node1")) // filter: -D REJECT; nat: -I jump
+	snap, ch := tr.Commit()
+	f.FailNextCommit("nat", errors.New("nat failed"))
+	if err := p.Sync(context.Background(), snap, ch); err == nil {
+		t.Fatal("partial sync succeeded despite the nat failure")
+	}
+	// The window: the REJECT is gone but there is no DNAT yet.
+	runPacketFlowTests(t, f, []packetFlowTest{
+		{name: "half-applied", src: "10.0.1.100", dst: "172.30.0.44", port: 80, want: "ACCEPT"},
+	})
+	ch.Full = true
+	if err := p.Sync(context.Background(), snap, ch); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := normalizedSave(t, f), fullSyncOf(t, cfg, snap); got != want {
+		t.Fatalf("the full sync did not repair a half-applied partial sync:\n%s", lineDiff(got, want))
+	}
+	runPacketFlowTests(t, f, []packetFlowTest{
+		{name: "repaired", src: "10.0.1.100", dst: "172.30.0.44", port: 80, want: "10.0.1.4:8080"},
+	})
+}

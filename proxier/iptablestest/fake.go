@@ -43,11 +43,18 @@ type Fake struct {
 	// SaveCounters makes Save print "[0:0]" rule counters, as
 	// iptables-save -c does (proxier.ExecRestorer saves with -c).
 	SaveCounters bool
+	// CommitPerTable makes Restore commit each table at its COMMIT, as the
+	// real iptables-restore (nft and legacy) does: a failure in a later
+	// table keeps the earlier ones. By default a call is all or nothing.
+	CommitPerTable bool
 
 	mu       sync.Mutex
 	tables   map[string]*table
 	failNext error
-	failJump error
+	// failCommit makes the next COMMIT of failCommitTable fail.
+	failCommit      error
+	failCommitTable string
+	failJump        error
 	payloads [][]byte
 	lines    []int
 	jumps    []proxier.Jump
@@ -99,6 +106,15 @@ func (f *Fake) FailNextRestore(err error) {
 	f.failNext = err
 }
 
+// FailNextCommit makes the next COMMIT of table fail with err (in a later
+// Restore call, once it gets there): with CommitPerTable, the tables
+// committed before it stay changed.
+func (f *Fake) FailNextCommit(table string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failCommit, f.failCommitTable = err, table
+}
+
 // FailNextEnsureJumps makes the next EnsureJumps call return err.
 func (f *Fake) FailNextEnsureJumps(err error) {
 	f.mu.Lock()
@@ -146,8 +162,9 @@ func (f *Fake) LastPayload() string {
 // Restore applies payload as iptables-restore --noflush does: "*table" opens
 // a table, ":CHAIN POLICY [p:b]" creates a chain or flushes an existing one,
 // then -A, -I CHAIN [N], -D CHAIN (rulespec or number), -N, -F, -X, and
-// "COMMIT" closes the table. The whole call is all or nothing: on error the
-// state is as it was, and the error names the failing line.
+// "COMMIT" closes the table. The whole call is all or nothing (unless
+// CommitPerTable): on error the state is as it was, and the error names the
+// failing line.
 func (f *Fake) Restore(_ context.Context, payload []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -204,6 +221,14 @@ func (f *Fake) apply(payload []byte) error {
 		case line == "COMMIT":
 			if cur == nil {
 				return lineErr(errors.New("COMMIT outside a table"))
+			}
+			if f.failCommit != nil && f.failCommitTable == curName {
+				err := f.failCommit
+				f.failCommit = nil
+				return lineErr(err)
+			}
+			if f.CommitPerTable {
+				f.tables[curName] = cloneTables(map[string]*table{curName: cur})[curName]
 			}
 			cur, curName = nil, ""
 		case cur == nil:

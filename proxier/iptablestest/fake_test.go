@@ -353,3 +353,35 @@ func TestSaveMatchesIptablesSave(t *testing.T) {
 		}
 	}
 }
+
+func TestCommitPerTable(t *testing.T) {
+	payload := []byte("*filter\n:T1 - [0:0]\nCOMMIT\n*nat\n:T2 - [0:0]\n-A T2 -j NOPE\nCOMMIT\n")
+	for _, perTable := range []bool{false, true} {
+		f := New()
+		f.CommitPerTable = perTable
+		if err := f.Restore(context.Background(), payload); err == nil || !strings.Contains(err.Error(), "line 6") {
+			t.Fatalf("perTable=%v: error %v, want line 6", perTable, err)
+		}
+		if _, ok := f.Rules("filter", "T1"); ok != perTable {
+			t.Errorf("perTable=%v: filter committed=%v", perTable, ok)
+		}
+		if _, ok := f.Rules("nat", "T2"); ok {
+			t.Errorf("perTable=%v: the failed nat table was committed", perTable)
+		}
+	}
+	f := New()
+	f.CommitPerTable = true
+	f.FailNextCommit("nat", errors.New("injected"))
+	ok := []byte("*filter\n:T1 - [0:0]\nCOMMIT\n*nat\n:T2 - [0:0]\nCOMMIT\n")
+	if err := f.Restore(context.Background(), ok); err == nil || !strings.Contains(err.Error(), "injected") {
+		t.Fatalf("error %v, want the injected one", err)
+	}
+	_, filterOK := f.Rules("filter", "T1")
+	_, natOK := f.Rules("nat", "T2")
+	if !filterOK || natOK {
+		t.Fatalf("filter committed=%v nat committed=%v, want true/false", filterOK, natOK)
+	}
+	if err := f.Restore(context.Background(), ok); err != nil {
+		t.Fatalf("the injected failure stuck: %v", err)
+	}
+}
