@@ -55,9 +55,9 @@ type Fake struct {
 	failCommit      error
 	failCommitTable string
 	failJump        error
-	payloads [][]byte
-	lines    []int
-	jumps    []proxier.Jump
+	payloads        [][]byte
+	lines           []int
+	jumps           []proxier.Jump
 }
 
 var _ proxier.Restorer = (*Fake)(nil)
