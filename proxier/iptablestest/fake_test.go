@@ -70,7 +70,7 @@ COMMIT
 		{name: "append to missing chain", payload: "*nat\n-A NOPE -j RETURN\nCOMMIT\n", wantErr: "no chain NOPE"},
 		{name: "DNAT in filter", payload: "*filter\n-A INPUT -j DNAT --to-destination 1.2.3.4\nCOMMIT\n", wantErr: "not valid in table filter"},
 		{name: "tcp match without -p tcp", payload: "*nat\n-A FOO -m tcp --dport 80 -j RETURN\nCOMMIT\n", wantErr: "only valid with -p tcp"},
-		{name: "unknown module", payload: "*nat\n-A FOO -m multiport --dports 80 -j RETURN\nCOMMIT\n", wantErr: "not supported"},
+		{name: "unknown module", payload: "*nat\n-A FOO -m owner --uid-owner 0 -j RETURN\nCOMMIT\n", wantErr: "not supported"},
 		{name: "unknown option", payload: "*nat\n-A FOO -m comment --frobnicate x -j RETURN\nCOMMIT\n", wantErr: "unknown option"},
 		{name: "IPv6 address", payload: "*nat\n-A FOO -d fd00::1/128 -j RETURN\nCOMMIT\n", wantErr: "not found"},
 		{name: "IPv6 DNAT", payload: "*nat\n-A FOO -p tcp -j DNAT --to-destination [fd00::1]:80\nCOMMIT\n", wantErr: "bad --to-destination"},
@@ -234,6 +234,8 @@ func TestTracer(t *testing.T) {
 -A POST -m mark ! --mark 0x4000/0x4000 -j RETURN
 -A POST -j MARK --xor-mark 0x4000
 -A POST -j MASQUERADE --random-fully
+-A PREROUTING -d 5.6.7.8/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40000
+-A OUTPUT -d 5.6.7.8/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40000
 COMMIT
 *filter
 :REJ - [0:0]
@@ -241,6 +243,8 @@ COMMIT
 -A OUTPUT -m conntrack --ctstate NEW -j REJ
 -A REJ -d 172.30.0.2/32 -p tcp -m tcp --dport 80 -j REJECT
 -A REJ -m addrtype --dst-type LOCAL -p udp -m udp --dport 53 -j DROP
+-A INPUT -p tcp -m conntrack --ctorigdst 5.6.7.8/32 --ctorigdstport 80 -s 203.0.113.0/25 -j RETURN
+-A INPUT -p tcp -m conntrack --ctorigdst 5.6.7.8/32 --ctorigdstport 80 -j DROP
 COMMIT
 `)
 	if err != nil {
@@ -260,6 +264,9 @@ COMMIT
 		{"wrong port", Packet{Source: ip("10.0.5.5"), Dest: ip("172.30.0.1"), DestPort: 81}, "ACCEPT", "none"},
 		{"wrong protocol", Packet{Source: ip("10.0.5.5"), Dest: ip("172.30.0.1"), DestPort: 80, Protocol: "udp"}, "ACCEPT", "none"},
 		{"reject", Packet{Source: ip("10.0.5.5"), Dest: ip("172.30.0.2"), DestPort: 80}, "REJECT", "none"},
+		{"redirect, allowed source", Packet{Source: ip("203.0.113.5"), Dest: ip("5.6.7.8"), DestPort: 80}, "192.168.0.2:40000", "none"},
+		{"redirect, denied source", Packet{Source: ip("203.0.113.200"), Dest: ip("5.6.7.8"), DestPort: 80}, "DROP", "none"},
+		{"redirect from the node", Packet{Source: ip("192.168.0.2"), Dest: ip("5.6.7.8"), DestPort: 80, Hook: Output}, "127.0.0.1:40000", "none"},
 		{"drop local udp", Packet{Source: ip("192.168.0.2"), Dest: ip("192.168.0.2"), DestPort: 53, Protocol: "udp", Hook: Output}, "DROP", "none"},
 	}
 	for _, tc := range tests {
@@ -302,7 +309,8 @@ func TestTracerFailsOnUnmodelledRules(t *testing.T) {
 		"-A PREROUTING -m addrtype --dst-type BROADCAST -j ACCEPT",
 		"-A PREROUTING -m statistic --mode nth --every 2 -j ACCEPT",
 		"-A PREROUTING -p tcp -m tcp --sport 80 -j ACCEPT",
-		"-A PREROUTING -j REDIRECT --to-ports 1234",
+		"-A PREROUTING -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+		"-A PREROUTING -p tcp -m multiport --dports 80,443 -j ACCEPT",
 	} {
 		f := New()
 		if err := f.Load("*nat\n" + rule + "\nCOMMIT\n"); err != nil {

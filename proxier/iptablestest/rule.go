@@ -60,7 +60,9 @@ var matchModules = map[string]optionSpec{
 	"recent": {"--name": 1, "--set": 0, "--rcheck": 0, "--update": 0, "--remove": 0, "--seconds": 1,
 		"--reap": 0, "--hitcount": 1, "--rsource": 0, "--rdest": 0, "--mask": 1, "--rttl": 0},
 	"mark":      {"--mark": 1},
-	"conntrack": {"--ctstate": 1},
+	"conntrack": {"--ctstate": 1, "--ctorigdst": 1, "--ctorigdstport": 1, "--ctorigsrc": 1},
+	"set":       {"--match-set": 2},
+	"multiport": {"--dports": 1, "--sports": 1},
 }
 
 // builtinTargets lists the targets the fake accepts besides user chains,

@@ -370,6 +370,23 @@ func (w *walker) target(tableName string, r *Rule, st traceState, depth int) ([]
 	case "MASQUERADE":
 		st.masq = true
 		return []exit{{st: st, kind: exitAccept}}, nil
+	case "REDIRECT":
+		// To the node itself: loopback from OUTPUT, else the address
+		// the packet came to (the first node IP stands for it).
+		to := optArg(r.tgtOpts, "--to-ports")
+		port, err := strconv.Atoi(to)
+		if err != nil {
+			return nil, fmt.Errorf("REDIRECT --to-ports %q is not modelled by the tracer", to)
+		}
+		ip := netip.MustParseAddr("127.0.0.1")
+		if w.pkt.Hook == Prerouting {
+			if len(w.tr.NodeIPs) == 0 {
+				return nil, fmt.Errorf("REDIRECT in PREROUTING needs the tracer's NodeIPs")
+			}
+			ip = w.tr.NodeIPs[0]
+		}
+		st.dst, st.dnat = netip.AddrPortFrom(ip, uint16(port)), true
+		return []exit{{st: st, kind: exitAccept}}, nil
 	}
 	if _, ok := builtinTargets[r.target]; ok {
 		return nil, fmt.Errorf("target %s is not modelled by the tracer", r.target)
@@ -485,6 +502,23 @@ func (w *walker) matchOption(o option, st traceState) (ok, known bool, err error
 			return false, true, err
 		}
 		return st.mark&m == v, true, nil
+	case "conntrack --ctorigdst":
+		pfx, err := netip.ParsePrefix(o.args[0])
+		if err != nil {
+			if a, err2 := netip.ParseAddr(o.args[0]); err2 == nil {
+				pfx, err = netip.PrefixFrom(a, a.BitLen()), nil
+			}
+		}
+		if err != nil {
+			return false, true, err
+		}
+		return pfx.Contains(w.pkt.Dest), true, nil
+	case "conntrack --ctorigdstport":
+		lo, hi, err := parsePortRange(o.args[0])
+		if err != nil {
+			return false, true, err
+		}
+		return w.pkt.DestPort >= lo && w.pkt.DestPort <= hi, true, nil
 	case "conntrack --ctstate":
 		for _, s := range strings.Split(o.args[0], ",") {
 			if s == "NEW" {
