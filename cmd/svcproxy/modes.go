@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/userspace"
 )
@@ -16,11 +17,11 @@ func newProxier(cfg proxier.Config) (proxier.Proxier, error) {
 	case proxier.ModeUserspace:
 		return userspace.New(cfg)
 	case proxier.ModeIPVS:
-		return nil, fmt.Errorf("mode %q is not built yet", cfg.Mode)
+		return ipvs.New(cfg)
 	default:
 		return nil, fmt.Errorf("unknown mode %q: want userspace, iptables or ipvs", cfg.Mode)
 	}
 }
 
 // allModes lists every mode, for cleanup.
-var allModes = []string{proxier.ModeIPTables, proxier.ModeUserspace}
+var allModes = []string{proxier.ModeIPTables, proxier.ModeUserspace, proxier.ModeIPVS}

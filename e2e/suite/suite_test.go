@@ -1,10 +1,15 @@
 package suite
 
 import (
+	"bytes"
+	"context"
+	"io"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/svcproxy/svcproxy/e2e/isolate"
+	"github.com/svcproxy/svcproxy/e2e/vm"
 )
 
 // TestMain moves the test binary into a throwaway network namespace first,
@@ -16,4 +21,40 @@ func TestMain(m *testing.M) {
 
 func TestIPTablesMode(t *testing.T) {
 	Run(t, Options{Mode: "iptables"})
+}
+
+// TestIPVSMode runs the table in IPVS mode: directly where the kernel has
+// IPVS (or inside the VM), else by re-running this test inside the IPVS VM.
+func TestIPVSMode(t *testing.T) {
+	if vm.HostHasIPVS() || vm.InVM() {
+		Run(t, Options{Mode: "ipvs", Binary: os.Getenv(binaryEnv)})
+		return
+	}
+	runInVM(t, "^TestIPVSMode$")
+}
+
+// binaryEnv passes the svcproxy binary built on the host into the VM, where
+// building it would take minutes.
+const binaryEnv = "SVCPROXY_SUITE_BINARY"
+
+// runInVM re-runs this test binary inside the IPVS VM with the tests that
+// match pattern and fails with the VM's output if they fail.
+func runInVM(t *testing.T, pattern string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	bin := BuildBinary(t)
+	var out bytes.Buffer
+	var w io.Writer = &out
+	if testing.Verbose() {
+		w = io.MultiWriter(&out, os.Stdout)
+	}
+	err := vm.Run(ctx, vm.Options{Stdout: w, Stderr: w, Env: []string{binaryEnv + "=" + bin}},
+		os.Args[0], "-test.run", pattern, "-test.v", "-test.count=1")
+	if err != nil {
+		if !testing.Verbose() {
+			t.Logf("VM output:\n%s", out.String())
+		}
+		t.Fatalf("%s in the IPVS VM: %v", pattern, err)
+	}
 }
