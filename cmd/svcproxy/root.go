@@ -2,10 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	goflag "flag"
 	"fmt"
-	"net/netip"
-	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -15,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/config"
 )
 
 // runOptions are the root command's flags.
@@ -25,6 +25,7 @@ type runOptions struct {
 	nodePortAddresses []string
 	excludeCIDRs      []string
 	cleanup           bool
+	configFile        string
 }
 
 func newRootCommand() *cobra.Command {
@@ -61,6 +62,7 @@ EndpointSlices from a cluster (--source=kube) or from YAML files
 	f.StringSliceVar(&o.excludeCIDRs, "ipvs-exclude-cidrs", nil, "CIDRs whose IPVS virtual servers svcproxy must not touch")
 	f.DurationVar(&o.cfg.UDPIdleTimeout, "udp-timeout", o.cfg.UDPIdleTimeout, "idle timeout of userspace UDP sessions")
 	f.BoolVar(&o.cleanup, "cleanup", false, "remove everything svcproxy created and exit")
+	addKubeFlags(f, &o.configFile)
 
 	klogFlags := goflag.NewFlagSet("klog", goflag.ExitOnError)
 	klog.InitFlags(klogFlags)
@@ -70,75 +72,50 @@ EndpointSlices from a cluster (--source=kube) or from YAML files
 	return cmd
 }
 
-// run resolves the configuration, builds the mode's proxier and syncs until
-// SIGINT or SIGTERM.
-func (o *runOptions) run(ctx context.Context, _ *pflag.FlagSet) error {
-	if err := o.resolve(); err != nil {
+// run resolves the configuration (kube-proxy's defaults, then --config,
+// then the flags given on the command line), builds the mode's proxier,
+// starts the metrics and health servers and syncs until SIGINT or SIGTERM.
+func (o *runOptions) run(ctx context.Context, fs *pflag.FlagSet) error {
+	settings, err := config.Load(fs, o.configFile)
+	if err != nil {
 		return err
+	}
+	o.cfg = settings.Proxier
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, restart := context.WithCancelCause(ctx)
+	defer restart(nil)
+
+	var kube *kubeRuntime
+	if o.source == "kube" {
+		if kube, err = connectKube(ctx, settings, &o.cfg, restart); err != nil {
+			return err
+		}
 	}
 	p, err := newProxier(o.cfg)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
 	engine := proxier.NewEngine(p, proxier.RunnerOptions{
 		MinInterval: o.cfg.MinSyncPeriod,
 		MaxInterval: o.cfg.SyncPeriod,
 	})
-	src, err := newSource(o.source)
+	obs, sink := startObservability(ctx, settings, o.cfg, engine, p, kube)
+	src, err := newSource(o.source, kube)
 	if err != nil {
 		return err
 	}
-	if err := src.Start(ctx, engine.Tracker); err != nil {
+	if err := src.Start(ctx, sink); err != nil {
 		return err
 	}
-	klog.InfoS("Starting svcproxy", "mode", o.cfg.Mode, "node", o.cfg.Node.Name, "source", o.source)
+	klog.InfoS("Starting svcproxy", "mode", o.cfg.Mode, "node", o.cfg.Node.Name, "zone", o.cfg.Node.Zone, "source", o.source)
+	obs.health.Updated() // the sync loop starts, as kube-proxy marks it
 	engine.Run(ctx)
 	klog.InfoS("svcproxy stopped; the rules stay in place so established connections keep working")
-	return nil
-}
-
-// resolve parses the string flags into o.cfg.
-func (o *runOptions) resolve() error {
-	if o.cfg.Node.Name == "" {
-		host, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("node name: %w", err)
-		}
-		o.cfg.Node.Name = strings.ToLower(host)
-	}
-	if o.clusterCIDR != "" {
-		p, err := netip.ParsePrefix(o.clusterCIDR)
-		if err != nil {
-			return fmt.Errorf("--cluster-cidr: %w", err)
-		}
-		o.cfg.ClusterCIDR = p
-	}
-	var err error
-	if o.cfg.NodePortAddresses, err = parsePrefixes("--nodeport-addresses", o.nodePortAddresses); err != nil {
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	if o.cfg.IPVS.ExcludeCIDRs, err = parsePrefixes("--ipvs-exclude-cidrs", o.excludeCIDRs); err != nil {
-		return err
-	}
-	if o.cfg.MasqueradeBit < 0 || o.cfg.MasqueradeBit > 31 {
-		return fmt.Errorf("--iptables-masquerade-bit %d out of range 0-31", o.cfg.MasqueradeBit)
-	}
 	return nil
-}
-
-func parsePrefixes(flag string, in []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range in {
-		p, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", flag, err)
-		}
-		out = append(out, p.Masked())
-	}
-	return out, nil
 }
 
 // source feeds a tracker.
@@ -146,13 +123,14 @@ type source interface {
 	Start(ctx context.Context, sink proxier.Sink) error
 }
 
-// newSource parses --source.
-func newSource(spec string) (source, error) {
+// newSource parses --source; kube is the prepared kube source (nil unless
+// --source=kube).
+func newSource(spec string, kube *kubeRuntime) (source, error) {
 	switch {
 	case strings.HasPrefix(spec, "file:"):
 		return &proxier.FileSource{Path: strings.TrimPrefix(spec, "file:")}, nil
-	case spec == "kube":
-		return nil, fmt.Errorf("--source=kube is not built yet; use --source=file:PATH")
+	case spec == "kube" && kube != nil:
+		return kube.source, nil
 	default:
 		return nil, fmt.Errorf("unknown --source %q: want kube or file:PATH", spec)
 	}
