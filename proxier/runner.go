@@ -18,7 +18,7 @@ type RunnerOptions struct {
 	// full resync runs even with no trigger (repairing drift).
 	MaxInterval time.Duration
 	// RetryInitial and RetryMax bound the exponential backoff between
-	// retries of a failed sync.
+	// retries of a failed sync (defaults: 1s, and MaxInterval).
 	RetryInitial time.Duration
 	RetryMax     time.Duration
 	// Clock is injected so tests need no sleeps; nil means the real clock.
@@ -57,6 +57,9 @@ func NewRunner(fn SyncFunc, opts RunnerOptions) *Runner {
 	}
 	if opts.RetryInitial <= 0 {
 		opts.RetryInitial = time.Second
+	}
+	if opts.RetryMax <= 0 {
+		opts.RetryMax = opts.MaxInterval
 	}
 	if opts.RetryMax < opts.RetryInitial {
 		opts.RetryMax = opts.RetryInitial
@@ -128,7 +131,11 @@ func (r *Runner) Run(ctx context.Context) {
 			}
 			backoff = min(max(backoff*2, r.opts.RetryInitial), r.opts.RetryMax)
 			klog.ErrorS(err, "Sync failed; the previous rules stay in place", "retryIn", backoff)
+			// a retry is a start too: not sooner than MinInterval
 			full, pending, due = true, true, c.Now().Add(backoff)
+			if soon := lastStart.Add(r.opts.MinInterval); soon.After(due) {
+				due = soon
+			}
 			continue
 		}
 		backoff = 0

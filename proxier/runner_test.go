@@ -242,3 +242,39 @@ func TestRunnerStopsWithContext(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// TestRunnerRetryHonorsMinInterval: a retry is still a start, so it waits
+// for MinInterval when that is longer than the backoff.
+func TestRunnerRetryHonorsMinInterval(t *testing.T) {
+	h := startRunner(t, proxier.RunnerOptions{MinInterval: 5 * time.Second, MaxInterval: time.Minute, RetryInitial: time.Second, RetryMax: 8 * time.Second})
+	h.expectTimer(0)
+	h.fire(0)
+	h.finish(errors.New("boom"))
+	h.expectTimer(5 * time.Second) // not the 1s backoff
+	h.fire(5 * time.Second)
+	h.finish(errors.New("boom"))
+	h.expectTimer(5 * time.Second) // backoff 2s < MinInterval
+	h.fire(5 * time.Second)
+	h.finish(errors.New("boom"))
+	h.expectTimer(5 * time.Second) // 4s
+	h.fire(5 * time.Second)
+	h.finish(errors.New("boom"))
+	h.expectTimer(8 * time.Second) // 8s: the backoff wins
+}
+
+// TestRunnerDefaultRetryMax: without RetryMax the backoff still doubles (up
+// to MaxInterval) instead of staying at RetryInitial.
+func TestRunnerDefaultRetryMax(t *testing.T) {
+	h := startRunner(t, proxier.RunnerOptions{MinInterval: time.Second, MaxInterval: 30 * time.Second})
+	h.expectTimer(0)
+	h.fire(0)
+	wait := time.Second
+	for _, next := range []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second} {
+		h.finish(errors.New("boom"))
+		h.expectTimer(wait)
+		h.fire(wait)
+		wait = next
+	}
+	h.finish(nil)
+	h.expectTimer(30 * time.Second)
+}
