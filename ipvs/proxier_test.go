@@ -378,9 +378,12 @@ func TestGracefulTermination(t *testing.T) {
 		steps func(e *env)
 		want  []string
 	}{{
-		name:  "drained to weight 0 while connections are open",
-		steps: func(e *env) { e.now = e.now.Add(30 * time.Second); e.sync(snapshot(svc("a", "10.96.0.1"), two[:1]), changed) },
-		want:  []string{"TCP 10.96.0.1:80 rr", "  -> 10.244.1.11:8080 1", "  -> 10.244.2.10:8080 0"},
+		name: "drained to weight 0 while connections are open",
+		steps: func(e *env) {
+			e.now = e.now.Add(30 * time.Second)
+			e.sync(snapshot(svc("a", "10.96.0.1"), two[:1]), changed)
+		},
+		want: []string{"TCP 10.96.0.1:80 rr", "  -> 10.244.1.11:8080 1", "  -> 10.244.2.10:8080 0"},
 	}, {
 		name: "deleted once its connections ended",
 		steps: func(e *env) {
