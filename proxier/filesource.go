@@ -104,7 +104,9 @@ func (f *FileSource) Start(ctx context.Context, sink Sink) error {
 
 // relevant reports whether an event on name may change what we read.
 func (f *FileSource) relevant(name string) bool {
-	if filepath.Clean(name) == filepath.Clean(f.Path) {
+	// A ConfigMap volume swaps its "..data" symlink; the files are
+	// symlinks through it and see no event of their own.
+	if filepath.Clean(name) == filepath.Clean(f.Path) || filepath.Base(name) == "..data" {
 		return true
 	}
 	if st, err := os.Stat(f.Path); err == nil && st.IsDir() {

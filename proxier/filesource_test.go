@@ -165,3 +165,42 @@ func TestFileSourceSingleFileAndMissingPath(t *testing.T) {
 		t.Fatal("Start on a missing path succeeded")
 	}
 }
+
+// TestFileSourceConfigMapVolume: a ConfigMap volume updates its files by
+// swapping the "..data" symlink (the files are symlinks through it), so the
+// only events are on hidden names; the source must still re-read.
+func TestFileSourceConfigMapVolume(t *testing.T) {
+	dir := t.TempDir()
+	version := func(name, content string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "svc.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_01_01_v1", fmt.Sprintf(svcDoc, "a", "ns", "172.30.0.1"))
+	if err := os.Symlink(filepath.Join("..data", "svc.yaml"), filepath.Join(dir, "svc.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	// Both a directory source and a single-file source see the swap.
+	for i, path := range []string{dir, filepath.Join(dir, "svc.yaml")} {
+		sink := &recordingSink{events: make(chan string, 100), last: make(chan *discovery.EndpointSlice, 100)}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := (&proxier.FileSource{Path: path, Debounce: 10 * time.Millisecond}).Start(ctx, sink); err != nil {
+			t.Fatal(err)
+		}
+		sink.expectEvents(t, "update-service ns/a")
+		version(fmt.Sprintf("..2026_01_02_v%d", i+2), fmt.Sprintf(svcDoc, "a", "ns", fmt.Sprintf("172.30.0.%d", i+2)))
+		sink.expectEvents(t, "update-service ns/a")
+		cancel()
+	}
+}
