@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -44,7 +45,13 @@ const svcproxyUser = "system:serviceaccount:kube-system:svcproxy"
 // binding, so the source runs with exactly the rights the DaemonSet has.
 func applyRBAC(ctx context.Context, t *testing.T, client kubernetes.Interface) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "rbac.yaml"))
+	applyFile(ctx, t, client, filepath.Join("..", "..", "deploy", "rbac.yaml"))
+}
+
+// applyFile creates every object of a multi-document manifest.
+func applyFile(ctx context.Context, t *testing.T, client kubernetes.Interface, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,28 +62,72 @@ func applyRBAC(ctx context.Context, t *testing.T, client kubernetes.Interface) {
 			break
 		}
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", path, err)
 		}
 		if len(bytes.TrimSpace(doc)) == 0 {
 			continue
 		}
 		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
 		if err != nil {
-			t.Fatalf("deploy/rbac.yaml: %v", err)
+			t.Fatalf("%s: %v", path, err)
 		}
+		opts := metav1.CreateOptions{FieldValidation: "Strict"}
 		switch o := obj.(type) {
 		case *v1.ServiceAccount:
-			_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, opts)
+		case *v1.ConfigMap:
+			_, err = client.CoreV1().ConfigMaps(o.Namespace).Create(ctx, o, opts)
 		case *rbacv1.ClusterRole:
-			_, err = client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+			_, err = client.RbacV1().ClusterRoles().Create(ctx, o, opts)
 		case *rbacv1.ClusterRoleBinding:
-			_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+			_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
+		case *appsv1.DaemonSet:
+			_, err = client.AppsV1().DaemonSets(o.Namespace).Create(ctx, o, opts)
 		default:
-			t.Fatalf("deploy/rbac.yaml: unexpected %T", obj)
+			t.Fatalf("%s: unexpected %T", path, obj)
 		}
 		if err != nil {
-			t.Fatalf("create %T: %v", obj, err)
+			t.Fatalf("%s: create %T: %v", path, obj, err)
 		}
+	}
+}
+
+// TestDeployManifestsApply has the API server validate every manifest in
+// deploy/ (no controller runs, so nothing starts).
+func TestDeployManifestsApply(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	srv, err := Start(ctx, Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer srv.Stop()
+	admin, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join("..", "..", "deploy", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := 0
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		applyFile(ctx, t, admin, f)
+		applied++
+	}
+	if applied < 5 {
+		t.Fatalf("only %d manifests in deploy/", applied)
+	}
+	ds, err := admin.AppsV1().DaemonSets("kube-system").Get(ctx, "svcproxy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork || spec.ServiceAccountName != "svcproxy" || !*spec.Containers[0].SecurityContext.Privileged {
+		t.Errorf("DaemonSet: hostNetwork %v serviceAccount %q", spec.HostNetwork, spec.ServiceAccountName)
 	}
 }
 
