@@ -35,8 +35,9 @@ type SyncFunc func(ctx context.Context, full bool) error
 //     apart (a burst of triggers costs one sync);
 //   - a sync runs at least every MaxInterval, with full=true;
 //   - after a failed sync the next one is a full sync, retried after a
-//     backoff that doubles from RetryInitial up to RetryMax, and resets
-//     after a success.
+//     backoff that doubles from RetryInitial up to RetryMax (and never
+//     sooner than MinInterval after the failed start), and resets after a
+//     success; triggers during the backoff do not shorten it.
 type Runner struct {
 	opts    RunnerOptions
 	fn      SyncFunc
