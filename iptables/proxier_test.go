@@ -486,20 +486,8 @@ func TestRestartDeletesStaleChains(t *testing.T) {
 }
 
 func TestCleanupLeavesForeignRules(t *testing.T) {
-	const foreign = `*nat
-:KUBE-SERVICES - [0:0]
--A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j RETURN
--A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE
-COMMIT
-*filter
-:DOCKER - [0:0]
--A FORWARD -j DOCKER
--A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
-COMMIT
-`
 	p, f := newTestProxier(t, testConfig())
-	if err := f.Load(foreign); err != nil {
+	if err := f.Load(iptablestest.ForeignRules); err != nil {
 		t.Fatal(err)
 	}
 	want := normalizedSave(t, f)

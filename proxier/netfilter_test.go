@@ -62,21 +62,6 @@ func TestQuoteCommentCannotBreakOut(t *testing.T) {
 	}
 }
 
-// foreign is state svcproxy must never touch: another proxy's chain, a
-// rule in a built-in chain, and a foreign chain with a plain target.
-const foreign = `*nat
-:KUBE-SERVICES - [0:0]
--A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j RETURN
--A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE
-COMMIT
-*filter
-:DOCKER - [0:0]
--A FORWARD -j DOCKER
--A DOCKER -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j ACCEPT
-COMMIT
-`
-
 // ours is what svcproxy adds on top: chains, jumps from built-in chains and
 // from a foreign chain, and a jump between our own chains.
 const ours = `*nat
@@ -115,7 +100,7 @@ func TestRemoveOurs(t *testing.T) {
 	for _, counters := range []bool{false, true} {
 		f := iptablestest.New()
 		f.SaveCounters = counters // ExecRestorer saves with -c
-		if err := f.Load(foreign); err != nil {
+		if err := f.Load(iptablestest.ForeignRules); err != nil {
 			t.Fatal(err)
 		}
 		want := saveAll(t, f)
@@ -141,7 +126,7 @@ func TestRemoveOurs(t *testing.T) {
 
 func TestRemoveOursReportsFailure(t *testing.T) {
 	f := iptablestest.New()
-	if err := f.Load(foreign + ours); err != nil {
+	if err := f.Load(iptablestest.ForeignRules + ours); err != nil {
 		t.Fatal(err)
 	}
 	f.FailNextRestore(errors.New("locked")) // fails the first table, nat
