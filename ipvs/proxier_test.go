@@ -132,7 +132,7 @@ func snapshot(entries ...any) proxier.Snapshot {
 	for i := 0; i < len(entries); i += 2 {
 		sp := entries[i].(*proxier.ServicePort)
 		s.Services[sp.Name] = sp
-		if e := entries[i+1].([]proxier.Endpoint); len(e) > 0 {
+		if e, _ := entries[i+1].([]proxier.Endpoint); len(e) > 0 {
 			s.Endpoints[sp.Name] = e
 		}
 	}
