@@ -92,20 +92,27 @@ func applyFile(ctx context.Context, t *testing.T, client kubernetes.Interface, p
 	}
 }
 
-// TestDeployManifestsApply has the API server validate every manifest in
-// deploy/ (no controller runs, so nothing starts).
-func TestDeployManifestsApply(t *testing.T) {
+// startServer starts a control plane for one test, stopped when it ends.
+func startServer(t *testing.T) (context.Context, *Server, kubernetes.Interface) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	srv, err := Start(ctx, Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
 	admin, err := srv.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, srv, admin
+}
+
+// TestDeployManifestsApply has the API server validate every manifest in
+// deploy/ (no controller runs, so nothing starts).
+func TestDeployManifestsApply(t *testing.T) {
+	ctx, _, admin := startServer(t)
 	files, err := filepath.Glob(filepath.Join("..", "..", "deploy", "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -219,17 +226,7 @@ func spn(name string) proxier.ServicePortName {
 // EndpointSlices through the informers into the real tracker, across an
 // apiserver restart.
 func TestKubeSourceAgainstRealAPIServer(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	srv, err := Start(ctx, Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	defer srv.Stop()
-	admin, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, srv, admin := startServer(t)
 	applyRBAC(ctx, t, admin)
 	node := &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{v1.LabelTopologyZone: "zone-1"}},
