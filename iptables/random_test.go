@@ -17,8 +17,17 @@ import (
 // the partial sync left exactly the state a full sync of the same snapshot
 // writes, and that RuleCounts matches the tables.
 func TestRandomPartialSyncs(t *testing.T) {
+	t.Run("no failures", func(t *testing.T) { randomPartialSyncs(t, false) })
+	// Failures as the real iptables-restore has them (per-table commits),
+	// recovered as the engine does: the changes are carried over and the
+	// next sync is full.
+	t.Run("failures", func(t *testing.T) { randomPartialSyncs(t, true) })
+}
+
+func randomPartialSyncs(t *testing.T, failures bool) {
 	cfg := testConfig()
 	p, f := newTestProxier(t, cfg)
+	f.CommitPerTable = failures
 	tr := proxier.NewTracker(nil)
 	rng := rand.New(rand.NewPCG(1, 2))
 	const services = 8
@@ -87,15 +96,35 @@ func TestRandomPartialSyncs(t *testing.T) {
 		}
 	}
 
+	carry := proxier.Changes{Full: true}
+	failed := 0
 	for step := range 150 {
 		for range 1 + rng.IntN(3) {
 			update()
 		}
 		snap, ch := tr.Commit()
-		ch.Full = step == 0
-		if err := p.Sync(context.Background(), snap, ch); err != nil {
+		carry.Merge(ch)
+		if failures && rng.IntN(5) == 0 {
+			if rng.IntN(2) == 0 {
+				f.FailNextRestore(fmt.Errorf("injected at step %d", step))
+			} else {
+				f.FailNextCommit("nat", fmt.Errorf("injected at step %d", step))
+			}
+			if err := p.Sync(context.Background(), snap, carry); err == nil {
+				// nothing to write, or no nat table in it: disarm
+				f.FailNextRestore(nil)
+				f.FailNextCommit("", nil)
+			} else {
+				failed++
+			}
+			carry.Full = true
+			continue
+		}
+		if err := p.Sync(context.Background(), snap, carry); err != nil {
 			t.Fatalf("step %d: sync: %v\npayload:\n%s", step, err, f.LastPayload())
 		}
+		ch = carry
+		carry = proxier.Changes{}
 		if got, want := normalizedSave(t, f), fullSyncOf(t, cfg, snap); got != want {
 			t.Fatalf("step %d (changed %v): partial sync differs from a full sync:\n%s\npayload:\n%s", step, ch.Services, lineDiff(got, want), f.LastPayload())
 		}
@@ -112,5 +141,8 @@ func TestRandomPartialSyncs(t *testing.T) {
 		if counts["iptables-filter"]+counts["iptables-nat"] != total {
 			t.Fatalf("step %d: RuleCounts %v, tables hold %d rules", step, counts, total)
 		}
+	}
+	if failures && failed < 10 {
+		t.Fatalf("only %d syncs failed: the failure paths were not exercised", failed)
 	}
 }
