@@ -222,6 +222,9 @@ func (f *Fake) apply(payload []byte) error {
 			if cur == nil {
 				return lineErr(errors.New("COMMIT outside a table"))
 			}
+			if err := cur.checkHooks(curName); err != nil {
+				return lineErr(err)
+			}
 			if f.failCommit != nil && f.failCommitTable == curName {
 				err := f.failCommit
 				f.failCommit = nil
@@ -512,6 +515,9 @@ func (f *Fake) EnsureJumps(jumps []proxier.Jump) error {
 		if !slices.ContainsFunc(c.rules, func(x *Rule) bool { return slices.Equal(x.Args, r.Args) }) {
 			c.rules = slices.Insert(c.rules, 0, r)
 		}
+		if err := t.checkHooks(j.Table); err != nil {
+			return fmt.Errorf("fake EnsureJumps: jump %s/%s -> %s: %w", j.Table, j.Chain, j.Target, err)
+		}
 	}
 	f.tables = work
 	f.jumps = append(f.jumps, jumps...)
@@ -587,4 +593,48 @@ func renderArgs(args []string) string {
 		b.WriteByte('"')
 	}
 	return b.String()
+}
+
+// hookTargets lists, per NAT target, the built-in chains it may be reached
+// from; the kernel refuses a table where it is reachable from another.
+var hookTargets = map[string][]string{
+	"DNAT":       {"PREROUTING", "OUTPUT"},
+	"REDIRECT":   {"PREROUTING", "OUTPUT"},
+	"SNAT":       {"POSTROUTING", "INPUT"},
+	"MASQUERADE": {"POSTROUTING"},
+}
+
+// checkHooks reports a NAT target reachable from a built-in chain where the
+// kernel does not allow it (e.g. DNAT from POSTROUTING), as the kernel does
+// when the table is committed.
+func (t *table) checkHooks(tableName string) error {
+	for _, hook := range builtinChains[tableName] {
+		seen := map[string]bool{}
+		var visit func(name string) error
+		visit = func(name string) error {
+			if seen[name] {
+				return nil
+			}
+			seen[name] = true
+			c := t.chains[name]
+			if c == nil {
+				return nil
+			}
+			for _, r := range c.rules {
+				if allowed, ok := hookTargets[r.target]; ok && !contains(allowed, hook) {
+					return fmt.Errorf("target %s in chain %s is reachable from %s (invalid argument)", r.target, name, hook)
+				}
+				if _, builtin := builtinTargets[r.target]; !builtin && r.target != "" {
+					if err := visit(r.target); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		if err := visit(hook); err != nil {
+			return err
+		}
+	}
+	return nil
 }
