@@ -50,13 +50,17 @@ func (ExecRestorer) Restore(ctx context.Context, payload []byte) error {
 }
 
 // restoreErrorContext quotes the payload line an iptables-restore error
-// names ("line N failed"), so a log shows what was wrong.
+// names ("line N failed", or the nft backend's "line N: ..." and "Error
+// occurred at line: N"), so a log shows what was wrong.
 func restoreErrorContext(payload []byte, stderr string) string {
-	i := strings.Index(stderr, "line ")
+	i, skip := strings.Index(stderr, "line "), 5
+	if j := strings.Index(stderr, "line: "); j >= 0 && (i < 0 || j < i) {
+		i, skip = j, 6
+	}
 	if i < 0 {
 		return ""
 	}
-	fields := strings.Fields(stderr[i+5:])
+	fields := strings.Fields(stderr[i+skip:])
 	if len(fields) == 0 {
 		return ""
 	}
