@@ -131,7 +131,10 @@ func TestKernel(t *testing.T) {
 	udp := &proxier.ServicePort{Name: spn("dns", v1.ProtocolUDP), ClusterIPs: addrs("10.96.0.10"), Port: 53}
 	snap := snapshot(
 		svc("web", "10.96.0.1", func(sp *proxier.ServicePort) { sp.NodePort = 30080 }), eps("10.244.1.11", "10.244.2.10"),
-		svc("sticky", "10.96.0.2", func(sp *proxier.ServicePort) { sp.StickyTimeout = 600 * time.Second; sp.Scheduler = "wrr;10.244.1.11=4" }), eps("10.244.1.11", "10.244.2.10"),
+		svc("sticky", "10.96.0.2", func(sp *proxier.ServicePort) {
+			sp.StickyTimeout = 600 * time.Second
+			sp.Scheduler = "wrr;10.244.1.11=4"
+		}), eps("10.244.1.11", "10.244.2.10"),
 		svc("lb", "10.96.0.3", func(sp *proxier.ServicePort) {
 			sp.LoadBalancerIPs = addrs("203.0.113.20")
 			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
