@@ -160,7 +160,8 @@ func (f *Fake) LastPayload() string {
 }
 
 // Restore applies payload as iptables-restore --noflush does: "*table" opens
-// a table, ":CHAIN POLICY [p:b]" creates a chain or flushes an existing one,
+// a table, ":CHAIN POLICY [p:b]" creates a user chain or flushes an existing
+// one (for a built-in chain it only sets the policy),
 // then -A, -I CHAIN [N], -D CHAIN (rulespec or number), -N, -F, -X, and
 // "COMMIT" closes the table. The whole call is all or nothing (unless
 // CommitPerTable): on error the state is as it was, and the error names the
@@ -271,8 +272,7 @@ func (t *table) declare(spec string) error {
 		if policy != "ACCEPT" && policy != "DROP" {
 			return fmt.Errorf("bad policy %q for built-in chain %s", policy, name)
 		}
-		c.policy = policy
-		c.rules = nil
+		c.policy = policy // with --noflush a built-in chain keeps its rules
 		return nil
 	}
 	if policy != "-" {

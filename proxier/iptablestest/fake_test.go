@@ -61,6 +61,15 @@ COMMIT
 			payload: "*nat\n-D PREROUTING -j FOO\n:FOO - [0:0]\n-X FOO\nCOMMIT\n",
 			want:    []string{`BAR -j MARK --set-xmark 0x4000/0x4000`},
 		},
+		{
+			name:    "declaring a built-in chain keeps its rules",
+			payload: "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+			want: []string{
+				`FOO -d 10.0.0.1/32 -p tcp -m comment --comment "two words" -m tcp --dport 80 -j BAR`,
+				`BAR -j MARK --set-xmark 0x4000/0x4000`,
+				`PREROUTING -j FOO`,
+			},
+		},
 		{name: "delete missing rule", payload: "*nat\n-D FOO -j RETURN\nCOMMIT\n", wantErr: "line 2 failed"},
 		{name: "delete referenced chain", payload: "*nat\n:BAR - [0:0]\n-X BAR\nCOMMIT\n", wantErr: "still referenced"},
 		{name: "delete non-empty chain", payload: "*nat\n-D PREROUTING -j FOO\n-X FOO\nCOMMIT\n", wantErr: "not empty"},
