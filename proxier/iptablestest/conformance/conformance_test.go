@@ -267,3 +267,77 @@ func diff(got, want string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// restoreCases are payloads applied on top of restoreBase; the fake (with
+// CommitPerTable, as the real tool commits per table) must accept or refuse
+// each as iptables-restore does and end in the same state.
+const restoreBase = `*nat
+:FOO - [0:0]
+:BAR - [0:0]
+-A FOO -m comment --comment "two words" -d 10.0.0.1 -p tcp -m tcp --dport 80 -j BAR
+-A BAR -j MARK --or-mark 0x4000
+-A PREROUTING -j FOO
+COMMIT
+`
+
+var restoreCases = []string{
+	"*nat\n:FOO - [0:0]\n-A FOO -j RETURN\nCOMMIT\n",
+	"*nat\n-I FOO 1 -j RETURN\n-D FOO -p tcp -d 10.0.0.1/32 -m comment --comment \"two words\" -m tcp --dport 80 -j BAR\nCOMMIT\n",
+	"*nat\n-I PREROUTING 2 -s 10.1.0.0/16 -j ACCEPT\nCOMMIT\n",
+	"*nat\n-D PREROUTING -j FOO\n:FOO - [0:0]\n-X FOO\nCOMMIT\n",
+	"*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+	"*nat\n-D FOO -j RETURN\nCOMMIT\n",
+	"*nat\n:BAR - [0:0]\n-X BAR\nCOMMIT\n",
+	"*nat\n-D PREROUTING -j FOO\n-X FOO\nCOMMIT\n",
+	"*nat\n-X NOPE\nCOMMIT\n",
+	"*nat\n-A FOO -j NOPE\nCOMMIT\n",
+	"*nat\n-A NOPE -j RETURN\nCOMMIT\n",
+	"*filter\n-A INPUT -p tcp -j DNAT --to-destination 1.2.3.4\nCOMMIT\n",
+	"*nat\n-A FOO -d fd00::1/128 -j RETURN\nCOMMIT\n",
+	"*nat\n:X - [0:0]\n-A X -p tcp -j DNAT --to-destination 1.2.3.4:80\n-A POSTROUTING -j X\nCOMMIT\n",
+	"*nat\n-A BAR -j MASQUERADE\nCOMMIT\n",
+	"*nat\n:Z - [0:0]\n-A Z -j MASQUERADE\n-A Z -p tcp -j DNAT --to-destination 1.2.3.4:80\nCOMMIT\n",
+	"*filter\n:T1 - [0:0]\n-A INPUT -j T1\nCOMMIT\n*nat\n-A FOO -j NOPE\nCOMMIT\n",
+	"*filter\n-A INPUT -p tcp -m tcp --dport 22 -j REJECT\nCOMMIT\n*nat\n-A FOO -m statistic --mode random --probability 0.2 -j RETURN\n-A FOO -m recent --name X --rcheck --seconds 5 --reap -j RETURN\nCOMMIT\n",
+	"*nat\n:SVCP-0123456789012345678901234 - [0:0]\nCOMMIT\n",
+}
+
+func TestRestoreSemanticsMatchIptables(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			reset := func() {
+				t.Helper()
+				for _, table := range []string{"nat", "filter"} {
+					for _, op := range []string{"-F", "-X"} {
+						if out, err := exec.Command(b.iptablesBinary, "-t", table, op).CombinedOutput(); err != nil {
+							t.Fatalf("%s -t %s %s: %v: %s", b.iptablesBinary, table, op, err, out)
+						}
+					}
+				}
+			}
+			for i, payload := range restoreCases {
+				reset()
+				fake := iptablestest.New()
+				fake.SaveCounters = true
+				fake.CommitPerTable = true
+				if err := fake.Load(restoreBase); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.restorer.Restore(ctx, []byte(restoreBase)); err != nil {
+					t.Fatal(err)
+				}
+				realErr := b.restorer.Restore(ctx, []byte(payload))
+				fakeErr := fake.Restore(ctx, []byte(payload))
+				if (realErr == nil) != (fakeErr == nil) {
+					t.Errorf("case %d %q: iptables-restore error %v, fake error %v", i, payload, realErr, fakeErr)
+					continue
+				}
+				if got, want := saved(t, b.restorer), saved(t, fake); got != want {
+					t.Errorf("case %d %q: state differs:\n%s", i, payload, diff(got, want))
+				}
+			}
+			reset()
+		})
+	}
+}
