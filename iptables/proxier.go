@@ -132,6 +132,21 @@ func filterSlice[T any](in []T, keep func(T) bool) []T {
 	return out
 }
 
+// transactionServices bounds how many services one iptables-restore of a
+// full sync rewrites. iptables-nft's restore time grows faster than linearly
+// with the size of a transaction (10,000 services in one payload take minutes),
+// while batches of this size keep it linear.
+const transactionServices = 500
+
+// fullSync rewrites every svcproxy chain. It runs as a series of
+// transactions: first the chains that do not depend on services, then the
+// services' own chains, a batch at a time (each
+// service's chains are flushed and refilled in one transaction, so a
+// service is never seen half-written), then one transaction that rewrites
+// the top-level chains (switching to the new service chains at once), then
+// the deletion of stale chains. If a step fails, what was applied is a
+// consistent set of per-service chains, and the next full sync starts from
+// the kernel's state.
 func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 	if err := p.opts.EnsureJumps(jumps()); err != nil {
 		return fmt.Errorf("iptables: %w", err)
@@ -166,6 +181,9 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 			}
 		}
 	}
+	for _, c := range append(fixedChains["nat"], serviceDispatchChains["nat"]...) {
+		delete(existing, c)
+	}
 
 	names := slices.SortedFunc(maps.Keys(snap.Services), func(a, b proxier.ServicePortName) int {
 		return strings.Compare(a.String(), b.String())
@@ -173,57 +191,79 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 	written := make(map[proxier.ServicePortName]*serviceRules, len(names))
 	for _, spn := range names {
 		written[spn] = p.build(snap, spn)
+		for _, c := range written[spn].chains {
+			delete(existing, c.name)
+		}
+	}
+	// From here on the kernel may hold part of the new state.
+	p.written = nil
+	var fixed proxier.RuleBuffer
+	p.rc.writeFixed(&fixed)
+	if err := p.opts.Restorer.Restore(ctx, fixed.Bytes()); err != nil {
+		return fmt.Errorf("iptables full sync: %w", err)
+	}
+	rules := fixed.Rules()
+
+	// 1. The services' own chains, a batch at a time.
+	for batch := range slices.Chunk(names, transactionServices) {
+		var b proxier.RuleBuffer
+		b.Table("nat")
+		for _, spn := range batch {
+			for _, c := range written[spn].chains {
+				b.Chain(c.name)
+			}
+		}
+		for _, spn := range batch {
+			for _, c := range written[spn].chains {
+				for _, r := range c.rules {
+					b.Rule("-A", c.name, r)
+				}
+			}
+		}
+		b.Commit()
+		if err := p.opts.Restorer.Restore(ctx, b.Bytes()); err != nil {
+			return fmt.Errorf("iptables full sync: %w", err)
+		}
+		rules += b.Rules()
 	}
 
+	// 2. The dispatch chains of both tables, in one transaction.
 	var b proxier.RuleBuffer
 	for _, table := range []string{"filter", "nat"} {
 		b.Table(table)
-		for _, c := range staticChains[table] {
+		for _, c := range serviceDispatchChains[table] {
 			b.Chain(c)
 		}
+		p.writeDispatch(&b, table, names, written)
 		if table == "nat" {
-			for _, spn := range names {
-				for _, c := range written[spn].chains {
-					b.Chain(c.name)
-					delete(existing, c.name)
-				}
-			}
-			for _, c := range staticChains["nat"] {
-				delete(existing, c)
-			}
-			// stale chains: flush now, delete at the end
-			stale := slices.Sorted(maps.Keys(existing))
-			for _, c := range stale {
-				b.Chain(c)
-			}
-			p.writeDispatch(&b, table, names, written)
-			for _, spn := range names {
-				for _, c := range written[spn].chains {
-					for _, r := range c.rules {
-						b.Rule("-A", c.name, r)
-					}
-				}
-			}
-			p.rc.staticNAT(&b, nodePortAddrs)
-			for _, c := range stale {
-				b.WriteString("-X " + c + "\n")
-			}
-		} else {
-			p.writeDispatch(&b, table, names, written)
-			p.rc.staticFilter(&b)
+			p.rc.nodePortJumps(&b, nodePortAddrs)
 		}
 		b.Commit()
 	}
 	if err := p.opts.Restorer.Restore(ctx, b.Bytes()); err != nil {
 		return fmt.Errorf("iptables full sync: %w", err)
 	}
-	p.written = written
-	p.nodePortJumps = 1 // the addrtype LOCAL jump
-	if len(p.cfg.NodePortAddresses) > 0 {
-		p.nodePortJumps = len(nodePortAddrs) // may be none
+	rules += b.Rules()
+
+	// 3. Stale chains, now unreferenced: flush, then delete.
+	for batch := range slices.Chunk(slices.Sorted(maps.Keys(existing)), 4*transactionServices) {
+		var b proxier.RuleBuffer
+		b.Table("nat")
+		for _, c := range batch {
+			b.Chain(c)
+		}
+		for _, c := range batch {
+			b.WriteString("-X " + c + "\n")
+		}
+		b.Commit()
+		if err := p.opts.Restorer.Restore(ctx, b.Bytes()); err != nil {
+			return fmt.Errorf("iptables full sync: delete stale chains: %w", err)
+		}
 	}
+	p.written = written
+	p.nodePortJumps = max(1, len(nodePortAddrs))
 	p.updateCounts()
-	klog.V(2).InfoS("iptables full sync", "services", len(names), "rules", b.Rules(), "bytes", b.Len())
+	klog.V(2).InfoS("iptables full sync", "services", len(names), "rules", rules, "staleChains", len(existing))
 	return nil
 }
 

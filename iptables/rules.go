@@ -263,12 +263,30 @@ func sameEndpoints(a, b []proxier.Endpoint) bool {
 	return true
 }
 
-// staticNAT writes the nat rules that do not depend on services: the
-// masquerade chains, the drop mark, and the jump to SVCP-NODEPORTS at the
-// end of SVCP-SERVICES.
-func (rc *ruleContext) staticNAT(b *proxier.RuleBuffer, nodePortAddrs []string) {
+// writeFixed writes the chains whose rules do not depend on services: the
+// masquerade and drop marks, the firewall and forward chains.
+func (rc *ruleContext) writeFixed(b *proxier.RuleBuffer) {
+	b.Table("filter")
+	for _, c := range fixedChains["filter"] {
+		b.Chain(c)
+	}
+	b.Rule("-A", firewallChain, append(proxier.Comment("drop traffic outside loadBalancerSourceRanges"), "-m", "mark", "--mark", rc.dropMark+"/"+rc.dropMark, "-j", "DROP")...)
+	b.Rule("-A", forwardChain, append(proxier.Comment("forward service traffic marked for SNAT"), "-m", "mark", "--mark", rc.masqMark+"/"+rc.masqMark, "-j", "ACCEPT")...)
+	b.Rule("-A", forwardChain, append(proxier.Comment("forward established service traffic"), "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")...)
+	b.Commit()
+	b.Table("nat")
+	for _, c := range fixedChains["nat"] {
+		b.Chain(c)
+	}
 	proxier.MasqueradeRules(b, rc.cfg.MasqueradeBit)
 	b.Rule("-A", markDropChain, "-j", "MARK", "--or-mark", rc.dropMark)
+	b.Commit()
+}
+
+// nodePortJumps writes the jumps to SVCP-NODEPORTS at the end of nat
+// SVCP-SERVICES: for every local address, or for the addresses of
+// --nodeport-addresses.
+func (rc *ruleContext) nodePortJumps(b *proxier.RuleBuffer, nodePortAddrs []string) {
 	if len(rc.cfg.NodePortAddresses) == 0 {
 		b.Rule("-A", servicesChain, append(proxier.Comment("svcproxy node ports, must be last"), "-m", "addrtype", "--dst-type", "LOCAL", "-j", nodePortsChain)...)
 		return
@@ -278,18 +296,18 @@ func (rc *ruleContext) staticNAT(b *proxier.RuleBuffer, nodePortAddrs []string) 
 	}
 }
 
-// staticFilter writes the filter rules that do not depend on services.
-func (rc *ruleContext) staticFilter(b *proxier.RuleBuffer) {
-	b.Rule("-A", firewallChain, append(proxier.Comment("drop traffic outside loadBalancerSourceRanges"), "-m", "mark", "--mark", rc.dropMark+"/"+rc.dropMark, "-j", "DROP")...)
-	b.Rule("-A", forwardChain, append(proxier.Comment("forward service traffic marked for SNAT"), "-m", "mark", "--mark", rc.masqMark+"/"+rc.masqMark, "-j", "ACCEPT")...)
-	b.Rule("-A", forwardChain, append(proxier.Comment("forward established service traffic"), "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")...)
-}
-
-// staticChains lists the fixed chains of each table.
-var staticChains = map[string][]string{
-	"filter": {servicesChain, externalServicesChain, firewallChain, forwardChain},
-	"nat":    {servicesChain, nodePortsChain, proxier.PostroutingChain, proxier.MarkMasqChain, markDropChain},
-}
+// fixedChains are the chains writeFixed fills; serviceDispatchChains hold the
+// per-service dispatch rules.
+var (
+	fixedChains = map[string][]string{
+		"filter": {firewallChain, forwardChain},
+		"nat":    {proxier.PostroutingChain, proxier.MarkMasqChain, markDropChain},
+	}
+	serviceDispatchChains = map[string][]string{
+		"filter": {servicesChain, externalServicesChain},
+		"nat":    {servicesChain, nodePortsChain},
+	}
+)
 
 // jumps are the rules in built-in chains that lead to ours.
 func jumps() []proxier.Jump {
