@@ -38,7 +38,11 @@ type portal interface {
 	// Start runs the socket's accept or read loop.
 	Start()
 	// Close closes the socket; with all set, also its open connections.
+	// It may be called more than once.
 	Close(all bool)
+	// OpenConns returns the number of connections (TCP, client side) or
+	// sessions (UDP) still open.
+	OpenConns() int
 }
 
 var (
@@ -88,6 +92,7 @@ type Proxier struct {
 	listenIP       netip.Addr
 	connectTimeout time.Duration
 	udpIdle        time.Duration
+	closeGrace     time.Duration
 	stateDir       string
 
 	mu      sync.Mutex
@@ -111,6 +116,7 @@ func New(cfg proxier.Config) (*Proxier, error) {
 		listenIP:       netip.IPv4Unspecified(),
 		connectTimeout: DefaultConnectTimeout,
 		udpIdle:        cfg.UDPIdleTimeout,
+		closeGrace:     CloseGrace,
 		stateDir:       DefaultStateDir,
 		sets:           map[proxier.ServicePortName]*portalSet{},
 		counts:         map[string]int{},
@@ -367,9 +373,16 @@ func (p *Proxier) RuleCounts() map[string]int {
 	return out
 }
 
-// Close closes every proxy socket and resets the connections still open.
-// The rules stay (like kube-proxy, a restart reuses nothing but finds its
-// chains); Cleanup removes them. Sync fails after Close.
+// CloseGrace is how long Close lets open TCP connections finish before it
+// resets them.
+const CloseGrace = 2 * time.Second
+
+// Close shuts the proxy down gracefully: every proxy socket stops
+// accepting at once (UDP sockets and their sessions close), open TCP
+// connections get up to CloseGrace to finish, and those still open then are
+// reset. The rules stay, so that a restarted proxy finds its chains (new
+// connections are refused meanwhile); Cleanup removes them. Sync fails
+// after Close.
 func (p *Proxier) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -377,13 +390,32 @@ func (p *Proxier) Close() error {
 		return nil
 	}
 	p.closed = true
+	var all []portal
 	for _, s := range p.sets {
 		for _, e := range s.portals() {
-			e.socket.Close(true)
+			all = append(all, e.socket)
 		}
 	}
 	p.sets = map[proxier.ServicePortName]*portalSet{}
-	klog.InfoS("Closed the userspace proxy sockets")
+	open := func() int {
+		n := 0
+		for _, s := range all {
+			n += s.OpenConns()
+		}
+		return n
+	}
+	for _, s := range all {
+		s.Close(false)
+	}
+	deadline := time.Now().Add(p.closeGrace)
+	for open() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	reset := open()
+	for _, s := range all {
+		s.Close(true)
+	}
+	klog.InfoS("Closed the userspace proxy sockets", "sockets", len(all), "connectionsReset", reset)
 	return nil
 }
 

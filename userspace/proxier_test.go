@@ -1,10 +1,12 @@
 package userspace
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -616,5 +618,43 @@ func TestSplitArgs(t *testing.T) {
 		if got := splitArgs(tt.in); !slices.Equal(got, tt.want) {
 			t.Errorf("splitArgs(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestCloseIsGraceful(t *testing.T) {
+	b1 := startBackend(t, "b1", echoLines)
+	web := clusterIPPort("web", v1.ProtocolTCP, "10.96.0.10", 9000)
+	p, _ := newTestProxier(t, nil)
+	p.closeGrace = time.Hour // the open connection decides when Close returns
+	if err := p.Sync(context.Background(), snapshot(map[*proxier.ServicePort][]proxier.Endpoint{web: readyEndpoints(testNode, b1)}), proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	port, _ := proxyPorts(t, p, web.Name)
+	c := dialPortal(t, port)
+	r := bufio.NewReader(c)
+	ask := func(line string) (string, error) {
+		fmt.Fprintf(c, "%s\n", line)
+		return r.ReadString('\n')
+	}
+	if got, err := ask("1"); err != nil || got != "b1 1\n" {
+		t.Fatalf("before Close: %q, %v", got, err)
+	}
+	closed := make(chan error)
+	go func() { closed <- p.Close() }()
+	waitFor(t, "the proxy socket to stop accepting", func() bool {
+		// Only dial: the echo backend would never end a conversation.
+		probe, err := net.DialTCP("tcp4", nil, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		if err != nil {
+			return true
+		}
+		probe.Close()
+		return false
+	})
+	if got, err := ask("2"); err != nil || got != "b1 2\n" {
+		t.Fatalf("open connection during Close: %q, %v", got, err)
+	}
+	c.Close() // the last connection ends: Close returns
+	if err := <-closed; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -20,6 +20,15 @@ const (
 	// MaxConnectAttempts bounds how many backends one client connection
 	// tries before it is reset.
 	MaxConnectAttempts = 4
+	// SocketBuffer is the send and receive buffer size set on both sockets
+	// of a proxied connection. Left to autotuning, loopback buffers grow to
+	// megabytes: per connection that is memory a proxy should not hold,
+	// and on this project's benchmark machine the larger amount of data in
+	// flight cost about a third more CPU per byte (cache misses in the
+	// copies at both ends) and a quarter of the throughput. 256 KiB (the
+	// kernel doubles it) still fills a 1 GB/s path with a 0.25 ms round
+	// trip.
+	SocketBuffer = 256 << 10
 )
 
 // tcpPortal is a TCP proxy socket: it accepts the connections the REDIRECT
@@ -41,6 +50,8 @@ type tcpPortal struct {
 
 	mu    sync.Mutex
 	conns map[*net.TCPConn]struct{}
+	// clients counts the client connections being served.
+	clients int
 }
 
 // listenTCP opens a TCP proxy socket on ip with an ephemeral port. Start
@@ -75,6 +86,13 @@ func (p *tcpPortal) Start() {
 	}()
 }
 
+// OpenConns returns the number of client connections being served.
+func (p *tcpPortal) OpenConns() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.clients
+}
+
 // Close stops accepting. With all set it also resets the open connections;
 // otherwise they finish on their own.
 func (p *tcpPortal) Close(all bool) {
@@ -106,6 +124,9 @@ func (p *tcpPortal) acceptLoop() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		p.mu.Lock()
+		p.clients++
+		p.mu.Unlock()
 		go p.serve(c)
 	}
 }
@@ -126,7 +147,13 @@ func (p *tcpPortal) track(c *net.TCPConn, add bool) {
 }
 
 // serve connects one client to a backend and streams until both sides end.
+// The accept loop has counted it in p.clients.
 func (p *tcpPortal) serve(client *net.TCPConn) {
+	defer func() {
+		p.mu.Lock()
+		p.clients--
+		p.mu.Unlock()
+	}()
 	p.track(client, true)
 	defer p.track(client, false)
 	clientAddr := client.RemoteAddr().(*net.TCPAddr).AddrPort()
@@ -139,6 +166,10 @@ func (p *tcpPortal) serve(client *net.TCPConn) {
 	}
 	p.track(backend, true)
 	defer p.track(backend, false)
+	for _, c := range []*net.TCPConn{client, backend} {
+		_ = c.SetReadBuffer(SocketBuffer)
+		_ = c.SetWriteBuffer(SocketBuffer)
+	}
 	klog.V(4).InfoS("Proxying connection", "service", p.name, "client", clientAddr, "backend", ep)
 	splice(client, backend)
 }

@@ -245,6 +245,9 @@ func (p *udpPortal) end(s *udpSession) {
 	_ = s.conn.Close()
 }
 
+// OpenConns returns the number of open sessions.
+func (p *udpPortal) OpenConns() int { return p.sessionCount() }
+
 // sessionCount returns the number of open sessions.
 func (p *udpPortal) sessionCount() int {
 	p.mu.Lock()
