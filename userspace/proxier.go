@@ -101,6 +101,8 @@ type Proxier struct {
 	synced  bool
 	closed  bool
 	counts  map[string]int
+	// swept is set once stale state files of dead proxies were removed.
+	swept bool
 }
 
 var _ proxier.Proxier = (*Proxier)(nil)
@@ -380,7 +382,7 @@ const CloseGrace = 2 * time.Second
 // Close shuts the proxy down gracefully: every proxy socket stops
 // accepting at once (UDP sockets and their sessions close), open TCP
 // connections get up to CloseGrace to finish, and those still open then are
-// reset. The rules stay, so that a restarted proxy finds its chains (new
+// reset. The state file for explain is removed. The rules stay, so that a restarted proxy finds its chains (new
 // connections are refused meanwhile); Cleanup removes them. Sync fails
 // after Close.
 func (p *Proxier) Close() error {
@@ -414,6 +416,11 @@ func (p *Proxier) Close() error {
 	reset := open()
 	for _, s := range all {
 		s.Close(true)
+	}
+	if path, err := p.statePath(); err == nil {
+		if err := removeIfExists(path); err != nil {
+			klog.ErrorS(err, "Cannot remove the userspace state file")
+		}
 	}
 	klog.InfoS("Closed the userspace proxy sockets", "sockets", len(all), "connectionsReset", reset)
 	return nil

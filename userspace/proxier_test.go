@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -656,5 +658,43 @@ func TestCloseIsGraceful(t *testing.T) {
 	c.Close() // the last connection ends: Close returns
 	if err := <-closed; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestStateFilesOfDeadProxiesAreSwept(t *testing.T) {
+	p, _ := newTestProxier(t, nil)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]int{
+		"userspace-1.json": dead.Process.Pid, // its proxy is gone
+		"userspace-2.json": os.Getpid(),      // a live proxy
+	}
+	for name, pid := range files {
+		data := fmt.Sprintf(`{"pid": %d, "portals": []}`, pid)
+		if err := os.WriteFile(filepath.Join(p.stateDir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web := clusterIPPort("web", v1.ProtocolTCP, "10.96.0.10", 9000)
+	if err := p.Sync(context.Background(), snapshot(map[*proxier.ServicePort][]proxier.Endpoint{web: nil}), proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	own, err := p.statePath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{"userspace-1.json": false, "userspace-2.json": true, filepath.Base(own): true} {
+		_, err := os.Stat(filepath.Join(p.stateDir, name))
+		if got := err == nil; got != want {
+			t.Errorf("%s exists: %v, want %v", name, got, want)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(own); err == nil {
+		t.Errorf("Close left the state file %s", own)
 	}
 }

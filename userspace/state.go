@@ -105,7 +105,34 @@ func (p *Proxier) writeState(sets []*portalSet, np nodePorts) error {
 		_ = os.Remove(tmp.Name())
 		return fmt.Errorf("write state file: %w", err)
 	}
+	if !p.swept {
+		p.swept = true
+		sweepStaleStates(p.stateDir, path)
+	}
 	return nil
+}
+
+// sweepStaleStates removes the state files of proxies that are gone (their
+// pid no longer exists), e.g. of lab namespaces that were deleted with the
+// proxy still in them. It keeps keep.
+func sweepStaleStates(dir, keep string) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "userspace-*.json"))
+	for _, path := range paths {
+		if path == keep {
+			continue
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var st stateFile
+		if json.Unmarshal(data, &st) != nil || st.PID <= 0 {
+			continue
+		}
+		if err := syscall.Kill(st.PID, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.Remove(path)
+		}
+	}
 }
 
 // readState reads this namespace's state file. A missing file is not an
