@@ -5,25 +5,17 @@ package apiserver
 // a generous deadline that only fails a hung test; nothing asserts on speed.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	componentbaseconfig "k8s.io/component-base/config/v1alpha1"
 	"k8s.io/utils/ptr"
 
@@ -45,50 +37,8 @@ const svcproxyUser = "system:serviceaccount:kube-system:svcproxy"
 // binding, so the source runs with exactly the rights the DaemonSet has.
 func applyRBAC(ctx context.Context, t *testing.T, client kubernetes.Interface) {
 	t.Helper()
-	applyFile(ctx, t, client, filepath.Join("..", "..", "deploy", "rbac.yaml"))
-}
-
-// applyFile creates every object of a multi-document manifest.
-func applyFile(ctx context.Context, t *testing.T, client kubernetes.Interface, path string) {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
+	if err := ApplyFile(ctx, client, filepath.Join("..", "..", "deploy", "rbac.yaml")); err != nil {
 		t.Fatal(err)
-	}
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	for {
-		doc, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		opts := metav1.CreateOptions{FieldValidation: "Strict"}
-		switch o := obj.(type) {
-		case *v1.ServiceAccount:
-			_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, opts)
-		case *v1.ConfigMap:
-			_, err = client.CoreV1().ConfigMaps(o.Namespace).Create(ctx, o, opts)
-		case *rbacv1.ClusterRole:
-			_, err = client.RbacV1().ClusterRoles().Create(ctx, o, opts)
-		case *rbacv1.ClusterRoleBinding:
-			_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
-		case *appsv1.DaemonSet:
-			_, err = client.AppsV1().DaemonSets(o.Namespace).Create(ctx, o, opts)
-		default:
-			t.Fatalf("%s: unexpected %T", path, obj)
-		}
-		if err != nil {
-			t.Fatalf("%s: create %T: %v", path, obj, err)
-		}
 	}
 }
 
@@ -122,7 +72,9 @@ func TestDeployManifestsApply(t *testing.T) {
 		if filepath.Base(f) == "kustomization.yaml" {
 			continue
 		}
-		applyFile(ctx, t, admin, f)
+		if err := ApplyFile(ctx, admin, f); err != nil {
+			t.Fatal(err)
+		}
 		applied++
 	}
 	if applied < 5 {
