@@ -402,3 +402,36 @@ func blackholeBackend(t *testing.T) netip.AddrPort {
 		}
 	}
 }
+
+func TestTCPProxySocketBuffers(t *testing.T) {
+	// Both sockets of a proxied connection carry SocketBuffer (the kernel
+	// reports it doubled).
+	p := startTCPPortal(t, []netip.AddrPort{startBackend(t, "e", echoLines)})
+	c := dialPortal(t, p.Port())
+	defer c.Close()
+	fmt.Fprintf(c, "x\n")
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) != 2 {
+		t.Fatalf("%d tracked connections, want 2", len(p.conns))
+	}
+	for conn := range p.conns {
+		raw, err := conn.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
+			var got int
+			var gerr error
+			if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, opt) }); err != nil || gerr != nil {
+				t.Fatal(err, gerr)
+			}
+			if got != 2*SocketBuffer {
+				t.Errorf("%s: buffer option %d is %d, want %d", conn.LocalAddr(), opt, got, 2*SocketBuffer)
+			}
+		}
+	}
+}
