@@ -81,6 +81,9 @@ type Handle interface {
 	DeleteVirtualServer(k Key) error
 	// RealServers lists the real servers of a virtual server.
 	RealServers(k Key) ([]RealServer, error)
+	// AllRealServers lists the real servers of every virtual server in one
+	// read (without stats), for full syncs.
+	AllRealServers() (map[Key][]RealServer, error)
 	// AddRealServer adds a real server (masquerade forwarding).
 	AddRealServer(k Key, rs RealServer) error
 	// UpdateRealServer changes a real server's weight.

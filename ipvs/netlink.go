@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -224,13 +226,41 @@ func (k *kernelHandle) Close() error {
 	return nil
 }
 
-// kernelLinks is Links over netlink in the current network namespace.
-type kernelLinks struct{}
+// kernelLinks is Links over netlink in the current network namespace. It
+// remembers the dummy interface's index, so adding an address costs one
+// netlink request rather than two.
+type kernelLinks struct {
+	mu    sync.Mutex
+	index map[string]int
+}
 
 // NewKernelLinks returns Links for the current network namespace.
-func NewKernelLinks() Links { return kernelLinks{} }
+func NewKernelLinks() Links { return &kernelLinks{index: map[string]int{}} }
 
-func (kernelLinks) EnsureDummy(name string) error {
+// link returns a handle on the named link, from the cached index when
+// there is one.
+func (l *kernelLinks) link(name string) (netlink.Link, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i, ok := l.index[name]; ok {
+		return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name, Index: i}}, nil
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("find %s: %w", name, err)
+	}
+	l.index[name] = link.Attrs().Index
+	return link, nil
+}
+
+// forget drops a cached index (the link was deleted or an operation failed).
+func (l *kernelLinks) forget(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.index, name)
+}
+
+func (l *kernelLinks) EnsureDummy(name string) error {
 	if _, err := netlink.LinkByName(name); err == nil {
 		return nil
 	}
@@ -240,7 +270,8 @@ func (kernelLinks) EnsureDummy(name string) error {
 	return nil
 }
 
-func (kernelLinks) DeleteDummy(name string) error {
+func (l *kernelLinks) DeleteDummy(name string) error {
+	l.forget(name)
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -255,7 +286,7 @@ func (kernelLinks) DeleteDummy(name string) error {
 	return nil
 }
 
-func (kernelLinks) Addresses(name string) ([]netip.Addr, error) {
+func (l *kernelLinks) Addresses(name string) ([]netip.Addr, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -281,29 +312,31 @@ func hostAddr(ip netip.Addr) *netlink.Addr {
 	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(32, 32)}}
 }
 
-func (kernelLinks) AddAddress(name string, ip netip.Addr) error {
-	link, err := netlink.LinkByName(name)
+func (l *kernelLinks) AddAddress(name string, ip netip.Addr) error {
+	link, err := l.link(name)
 	if err != nil {
-		return fmt.Errorf("find %s: %w", name, err)
+		return err
 	}
 	if err := netlink.AddrAdd(link, hostAddr(ip)); err != nil && !errors.Is(err, syscall.EEXIST) {
+		l.forget(name)
 		return fmt.Errorf("add %s to %s: %w", ip, name, err)
 	}
 	return nil
 }
 
-func (kernelLinks) DeleteAddress(name string, ip netip.Addr) error {
-	link, err := netlink.LinkByName(name)
+func (l *kernelLinks) DeleteAddress(name string, ip netip.Addr) error {
+	link, err := l.link(name)
 	if err != nil {
-		return fmt.Errorf("find %s: %w", name, err)
+		return err
 	}
 	if err := netlink.AddrDel(link, hostAddr(ip)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) && !errors.Is(err, syscall.ENOENT) {
+		l.forget(name)
 		return fmt.Errorf("remove %s from %s: %w", ip, name, err)
 	}
 	return nil
 }
 
-func (kernelLinks) NodeAddresses(except string) ([]netip.Addr, error) {
+func (l *kernelLinks) NodeAddresses(except string) ([]netip.Addr, error) {
 	skip := -1
 	if link, err := netlink.LinkByName(except); err == nil {
 		skip = link.Attrs().Index
@@ -441,4 +474,96 @@ func (procSysctl) Set(name, value string) error {
 		return fmt.Errorf("set sysctl %s=%s: %w", name, value, err)
 	}
 	return nil
+}
+
+// procIPVS is the kernel's text listing of this namespace's IPVS table.
+const procIPVS = "/proc/net/ip_vs"
+
+// AllRealServers reads /proc/net/ip_vs: one read lists every real server
+// with weight and connection counts, where netlink needs one dump per
+// virtual server.
+func (k *kernelHandle) AllRealServers() (map[Key][]RealServer, error) {
+	data, err := os.ReadFile(procIPVS)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", procIPVS, err)
+	}
+	out, err := parseProcIPVS(string(data))
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", procIPVS, err)
+	}
+	return out, nil
+}
+
+// parseProcIPVS parses /proc/net/ip_vs (IPv4 services only; fwmark and
+// IPv6 ones are skipped with their real servers):
+//
+//	TCP  0A000001:0050 rr  persistent 150000 FFFFFFFF
+//	  -> 0A010001:1F90      Masq    3      0          0
+func parseProcIPVS(text string) (map[Key][]RealServer, error) {
+	out := map[Key][]RealServer{}
+	var cur *Key
+	for i, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if i < 3 || len(f) == 0 {
+			continue
+		}
+		if f[0] == "->" {
+			if cur == nil {
+				continue
+			}
+			if len(f) < 6 {
+				return nil, fmt.Errorf("line %d: %q", i+1, line)
+			}
+			addr, err := parseHexAddrPort(f[1])
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %w", i+1, err)
+			}
+			w, err1 := strconv.Atoi(f[3])
+			act, err2 := strconv.Atoi(f[4])
+			inact, err3 := strconv.Atoi(f[5])
+			if err := errors.Join(err1, err2, err3); err != nil {
+				return nil, fmt.Errorf("line %d: %w", i+1, err)
+			}
+			out[*cur] = append(out[*cur], RealServer{Address: addr, Weight: w, ActiveConns: act, InactiveConns: inact})
+			continue
+		}
+		cur = nil
+		var proto v1.Protocol
+		switch f[0] {
+		case "TCP":
+			proto = v1.ProtocolTCP
+		case "UDP":
+			proto = v1.ProtocolUDP
+		case "SCTP":
+			proto = v1.ProtocolSCTP
+		default:
+			continue // FWM, or a protocol svcproxy does not use
+		}
+		if len(f) < 2 {
+			return nil, fmt.Errorf("line %d: %q", i+1, line)
+		}
+		addr, err := parseHexAddrPort(f[1])
+		if err != nil {
+			continue // IPv6: [addr]:port
+		}
+		k := Key{Address: addr.Addr(), Protocol: proto, Port: addr.Port()}
+		cur = &k
+		if _, ok := out[k]; !ok {
+			out[k] = nil
+		}
+	}
+	return out, nil
+}
+
+// parseHexAddrPort parses "0A000001:0050".
+func parseHexAddrPort(s string) (netip.AddrPort, error) {
+	if len(s) != 13 || s[8] != ':' {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
+	}
+	ip, err1 := strconv.ParseUint(s[:8], 16, 32)
+	port, err2 := strconv.ParseUint(s[9:], 16, 16)
+	if err := errors.Join(err1, err2); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q: %w", s, err)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}), uint16(port)), nil
 }

@@ -38,12 +38,11 @@ var nodePortRange = [2]uint16{30000, 32767}
 // Options are the IPVS proxier's dependencies besides its Config. A nil
 // field means the real kernel in the calling process's network namespace.
 type Options struct {
-	Handle      Handle
-	Links       Links
-	IPSets      IPSets
-	Sysctl      Sysctl
-	Restorer    proxier.Restorer
-	EnsureJumps func([]proxier.Jump) error
+	Handle   Handle
+	Links    Links
+	IPSets   IPSets
+	Sysctl   Sysctl
+	Restorer proxier.Restorer
 	// ClearConntrack removes stale UDP conntrack entries after a sync; nil
 	// means proxier.ClearStaleUDP.
 	ClearConntrack func(proxier.Snapshot, proxier.Changes)
@@ -112,9 +111,6 @@ func NewWithOptions(cfg proxier.Config, opts Options) (*Proxier, error) {
 	}
 	if opts.Restorer == nil {
 		opts.Restorer = proxier.ExecRestorer{}
-	}
-	if opts.EnsureJumps == nil {
-		opts.EnsureJumps = proxier.EnsureJumps
 	}
 	if opts.ClearConntrack == nil {
 		opts.ClearConntrack = proxier.ClearStaleUDP
@@ -236,10 +232,17 @@ func (p *Proxier) setup(ctx context.Context) error {
 			return fmt.Errorf("ipvs: %w", err)
 		}
 	}
-	if err := p.opts.EnsureJumps(jumps()); err != nil {
-		return fmt.Errorf("ipvs: %w", err)
+	// The jumps from built-in chains go in the same iptables-restore as
+	// the rules (one save per table, one restore), when missing.
+	saved := map[string]string{}
+	for _, table := range []string{"nat", "filter"} {
+		out, err := p.opts.Restorer.Save(ctx, table)
+		if err != nil {
+			return fmt.Errorf("ipvs: %w", err)
+		}
+		saved[table] = string(out)
 	}
-	if err := p.opts.Restorer.Restore(ctx, p.rules.payload); err != nil {
+	if err := p.opts.Restorer.Restore(ctx, p.rules.payload(missingJumps(saved))); err != nil {
 		return fmt.Errorf("ipvs: iptables rules: %w", err)
 	}
 	return nil
@@ -358,12 +361,17 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 	for _, vs := range kernel {
 		inKernel[vs.Key] = vs
 	}
+	// every real server in one read, rather than one dump per virtual server
+	dests, err := p.handle.AllRealServers()
+	if err != nil {
+		return fmt.Errorf("ipvs: %w", err)
+	}
 	for _, k := range slices.SortedFunc(maps.Keys(desired), compareKeys) {
 		var cur *VirtualServer
 		if vs, ok := inKernel[k]; ok {
 			cur = &vs
 		}
-		if err := p.applyVS(desired[k], cur); err != nil {
+		if err := p.applyVS(desired[k], cur, dests[k]); err != nil {
 			return err
 		}
 	}
@@ -453,26 +461,21 @@ func (p *Proxier) deleteVS(k Key) error {
 }
 
 // applyVS makes one virtual server match d; cur is its kernel state (nil
-// when missing). Real servers no longer wanted are drained, not deleted.
-func (p *Proxier) applyVS(d *desiredVS, cur *VirtualServer) error {
+// when missing) and have its real servers. Real servers no longer wanted
+// are drained, not deleted.
+func (p *Proxier) applyVS(d *desiredVS, cur *VirtualServer, have []RealServer) error {
 	k := d.vs.Key
-	var have []RealServer
 	if cur == nil {
 		if err := p.handle.AddVirtualServer(d.vs); err != nil {
 			return fmt.Errorf("ipvs: %w", err)
 		}
 		p.ops++
-	} else {
-		if !cur.sameOptions(d.vs) {
-			if err := p.handle.UpdateVirtualServer(d.vs); err != nil {
-				return fmt.Errorf("ipvs: %w", err)
-			}
-			p.ops++
-		}
-		var err error
-		if have, err = p.handle.RealServers(k); err != nil {
+		have = nil
+	} else if !cur.sameOptions(d.vs) {
+		if err := p.handle.UpdateVirtualServer(d.vs); err != nil {
 			return fmt.Errorf("ipvs: %w", err)
 		}
+		p.ops++
 	}
 	present := make(map[netip.AddrPort]RealServer, len(have))
 	for _, rs := range have {
@@ -603,10 +606,14 @@ func (p *Proxier) partialSync(snap proxier.Snapshot, ch proxier.Changes) error {
 					return fmt.Errorf("ipvs: %w", err)
 				}
 				var cur *VirtualServer
+				var have []RealServer
 				if found {
 					cur = &vs
+					if have, err = p.handle.RealServers(k); err != nil {
+						return fmt.Errorf("ipvs: %w", err)
+					}
 				}
-				if err := p.applyVS(nw.servers[k], cur); err != nil {
+				if err := p.applyVS(nw.servers[k], cur, have); err != nil {
 					return err
 				}
 			}

@@ -1,6 +1,8 @@
 package ipvs
 
 import (
+	"strings"
+
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -71,15 +73,63 @@ func isOurSet(name string) bool {
 
 // ruleSet is the constant iptables payload and its size.
 type ruleSet struct {
-	payload     []byte
+	// bodies holds each table's chain declarations and rules, without
+	// "*table" and "COMMIT", in payload order.
+	bodies      [2]tableBody
 	nat, filter int
+}
+
+// tableBody is one table's part of the payload.
+type tableBody struct {
+	table string
+	body  []byte
+}
+
+// payload returns the iptables-restore input: the constant rules plus the
+// jumps from built-in chains that are missing.
+func (rs ruleSet) payload(missing []proxier.Jump) []byte {
+	var b proxier.RuleBuffer
+	for _, tb := range rs.bodies {
+		b.Table(tb.table)
+		b.Write(tb.body)
+		for _, j := range missing {
+			if j.Table == tb.table {
+				b.Rule("-I", j.Chain, append([]string{"1"}, append(proxier.Comment(j.Comment), "-j", j.Target)...)...)
+			}
+		}
+		b.Commit()
+	}
+	return b.Bytes()
+}
+
+// missingJumps returns the jumps not in the iptables-save output of their
+// tables.
+func missingJumps(saved map[string]string) []proxier.Jump {
+	var out []proxier.Jump
+	for _, j := range jumps() {
+		found := false
+		for _, line := range strings.Split(saved[j.Table], "\n") {
+			if strings.HasPrefix(line, "[") {
+				if i := strings.Index(line, "] "); i > 0 {
+					line = line[i+2:]
+				}
+			}
+			if strings.HasPrefix(line, "-A "+j.Chain+" ") && strings.HasSuffix(line, " -j "+j.Target) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			out = append(out, j)
+		}
+	}
+	return out
 }
 
 // buildRules writes the constant rules for cfg.
 func buildRules(cfg proxier.Config) ruleSet {
 	var b proxier.RuleBuffer
 	var rs ruleSet
-	b.Table("nat")
 	for _, c := range []string{servicesChain, postroutingChain, proxier.MarkMasqChain, proxier.PostroutingChain} {
 		b.Chain(c)
 	}
@@ -98,18 +148,17 @@ func buildRules(cfg proxier.Config) ruleSet {
 	masq("masquerade traffic to node ports", match(setNodePort, "dst,dst")...)
 	b.Rule("-A", postroutingChain, append(append(proxier.Comment("masquerade a pod reaching itself through a service"), match(setLoopBack, "dst,dst,src")...), "-j", "MASQUERADE")...)
 	proxier.MasqueradeRules(&b, cfg.MasqueradeBit)
-	b.Commit()
 	rs.nat = b.Rules()
+	rs.bodies[0] = tableBody{table: "nat", body: b.Bytes()}
 
-	b.Table("filter")
-	b.Chain(filterChain)
-	b.Rule("-A", filterChain, append(append(append(proxier.Comment("drop sources outside loadBalancerSourceRanges"),
+	var fb proxier.RuleBuffer
+	fb.Chain(filterChain)
+	fb.Rule("-A", filterChain, append(append(append(proxier.Comment("drop sources outside loadBalancerSourceRanges"),
 		match(setLoadBalancerFW, "dst,dst")...), "-m", "set", "!", "--match-set", setSourceCIDR, "dst,dst,src"), "-j", "DROP")...)
-	b.Rule("-A", filterChain, append(append(proxier.Comment("reject services without endpoints"),
+	fb.Rule("-A", filterChain, append(append(proxier.Comment("reject services without endpoints"),
 		append([]string{"-m", "conntrack", "--ctstate", "NEW"}, match(setNoEndpoints, "dst,dst")...)...), "-j", "REJECT")...)
-	b.Commit()
-	rs.filter = b.Rules() - rs.nat
-	rs.payload = b.Bytes()
+	rs.filter = fb.Rules()
+	rs.bodies[1] = tableBody{table: "filter", body: fb.Bytes()}
 	return rs
 }
 

@@ -218,6 +218,20 @@ func (h *Handle) RealServers(k ipvs.Key) ([]ipvs.RealServer, error) {
 	return out, nil
 }
 
+// AllRealServers lists every virtual server's real servers.
+func (h *Handle) AllRealServers() (map[ipvs.Key][]ipvs.RealServer, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_ = h.call("AllRealServers", false)
+	out := map[ipvs.Key][]ipvs.RealServer{}
+	for k, s := range h.servers {
+		for _, a := range slices.SortedFunc(maps.Keys(s.dests), netip.AddrPort.Compare) {
+			out[k] = append(out[k], *s.dests[a])
+		}
+	}
+	return out, nil
+}
+
 // AddRealServer adds a real server; it fails if it exists.
 func (h *Handle) AddRealServer(k ipvs.Key, rs ipvs.RealServer) error {
 	h.mu.Lock()
