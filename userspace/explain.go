@@ -103,7 +103,11 @@ func (p *Proxier) explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 			src, _ := arg(r.args, "-s")
 			ew.printf("       -> sources in %s may pass (loadBalancerSourceRanges)\n", src)
 		case "DROP":
-			ew.printf("       -> any other source is dropped\n")
+			if origDst, _ := arg(r.args, "--ctorigdst"); origDst != "" {
+				ew.printf("       -> any other source is dropped\n")
+			} else {
+				ew.printf("       -> no endpoint on this node for external traffic (Local policy): dropped\n")
+			}
 		}
 	}
 	if !anyFilter {

@@ -208,14 +208,14 @@ func TestSyncRules(t *testing.T) {
 			sockets: 1,
 		},
 		{
-			name: "externalTrafficPolicy Local without local endpoints: a second socket that rejects",
+			name: "externalTrafficPolicy Local without local endpoints: a second socket that drops",
 			snap: map[*proxier.ServicePort][]proxier.Endpoint{local: readyEndpoints("node2", netip.MustParseAddrPort("10.244.2.10:80"))},
 			wantNat: []string{
 				`-A SVCP-PORTALS-CONTAINER -m comment --comment "default/local cluster IP" -d 10.96.0.40/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports <local>`,
 				`-A SVCP-PORTALS-CONTAINER -m comment --comment "default/local node port" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30040 -j REDIRECT --to-ports <local/ext>`,
 			},
 			wantFilter: []string{
-				`-A SVCP-PORTALS-INPUT -m comment --comment "default/local has no endpoints" -p tcp -m tcp --dport <local/ext> -j REJECT`,
+				`-A SVCP-PORTALS-INPUT -m comment --comment "default/local has no local endpoints" -p tcp -m tcp --dport <local/ext> -j DROP`,
 			},
 			sockets: 2,
 		},

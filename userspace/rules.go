@@ -156,10 +156,18 @@ func buildRules(sets []*portalSet, np nodePorts, missing []jump) ruleSet {
 			}
 		}
 		for _, pt := range ps {
-			if len(pt.endpoints) == 0 {
-				filter.Rule("-A", InputChain, append(proxier.Comment(s.sp.Name.String()+" has no endpoints"),
-					"-p", proto, "-m", proto, "--dport", strconv.Itoa(pt.socket.Port()), "-j", "REJECT")...)
+			if len(pt.endpoints) > 0 {
+				continue
 			}
+			// As kube-proxy: a service without endpoints is refused; external
+			// traffic of a Local policy without local endpoints is dropped
+			// (a load balancer's health check then moves it elsewhere).
+			comment, verdict := " has no endpoints", "REJECT"
+			if pt != s.cluster && len(s.cluster.endpoints) > 0 {
+				comment, verdict = " has no local endpoints", "DROP"
+			}
+			filter.Rule("-A", InputChain, append(proxier.Comment(s.sp.Name.String()+comment),
+				"-p", proto, "-m", proto, "--dport", strconv.Itoa(pt.socket.Port()), "-j", verdict)...)
 		}
 		writeSourceRanges(&firewall, s.sp, proto)
 	}
