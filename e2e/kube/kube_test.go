@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -295,6 +296,57 @@ func TestMultiNodeIPTables(t *testing.T) {
 	if err := e.answersFrom("node2", 30080, 20, "web2", "web3"); err != nil {
 		t.Errorf("new connections through node2 after the restart: %v", err)
 	}
+
+	// Health: /healthz on every node, and the health-check node port of a
+	// LoadBalancer service with externalTrafficPolicy: Local, whose only
+	// endpoint is on node1.
+	for _, n := range e.cluster.Nodes {
+		body, err := traffic.Fetch(ctx, e.external.Dial, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(n.IP, 10256)), 2*time.Second)
+		if err != nil || !strings.Contains(body, `"nodeEligible":true`) || !strings.Contains(body, `"healthy":true`) {
+			t.Errorf("/healthz on %s: %q %v", n.Name, body, err)
+		}
+	}
+	lb := nodePortService("local", 0)
+	lb.Spec.Type = v1.ServiceTypeLoadBalancer
+	lb.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	lb, err = e.admin.CoreV1().Services("default").Create(ctx, lb, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.DiscoveryV1().EndpointSlices("default").Create(ctx, e.slice("local", "web1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hc := int(lb.Spec.HealthCheckNodePort)
+	if hc == 0 {
+		t.Fatal("the apiserver allocated no healthCheckNodePort")
+	}
+	want := map[string]struct {
+		code int
+		body string
+	}{"node1": {200, `"localEndpoints": 1`}, "node2": {503, `"localEndpoints": 0`}, "node3": {503, `"localEndpoints": 0`}}
+	e.waitEveryNode(fmt.Sprintf("health-check node port %d", hc), time.Now(), func(node string) error {
+		code, body, err := e.get(fmt.Sprintf("http://%s/", netip.AddrPortFrom(e.cluster.Node(node).IP, uint16(hc))))
+		if err != nil {
+			return err
+		}
+		if w := want[node]; code != w.code || !strings.Contains(body, w.body) || !strings.Contains(body, `"name": "local"`) {
+			return fmt.Errorf("answer %d %q, want %d %s", code, body, w.code, w.body)
+		}
+		return nil
+	})
+}
+
+// get fetches url from the external client and returns the status and body
+// whatever the status.
+func (e *env) get(url string) (int, string, error) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: e.external.Dial, DisableKeepAlives: true}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
 }
 
 // keepAliveGet sends one HTTP/1.1 request on conn and returns the answering
