@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -147,6 +149,9 @@ func (p *Proxier) explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 		ew.printf("4. Endpoints: no state file at %s (the proxy writes it at every sync)\n", path)
 	default:
 		ew.printf("4. Service and endpoints (from %s, written by pid %d at %s)\n", path, st.PID, st.Synced.Format("15:04:05 MST"))
+		if err := syscall.Kill(st.PID, 0); errors.Is(err, syscall.ESRCH) {
+			ew.printf("   (pid %d is gone: this is what the proxy knew when it stopped)\n", st.PID)
+		}
 		for _, port := range portOrder {
 			for _, ps := range st.Portals {
 				if ps.ProxyPort != port || ps.Protocol != string(proto) {

@@ -199,6 +199,11 @@ func TestUserspaceMode(t *testing.T) {
 		if err := proxy.Stop(); err != nil {
 			t.Fatal(err)
 		}
+		// The rules outlive the proxy; explain sees nobody behind them.
+		out, err := node.Run(ctx, bin, "explain", "--mode=userspace", "10.96.5.1:9000")
+		if err != nil || !strings.Contains(string(out), "NO SOCKET LISTENS") || !strings.Contains(string(out), "is gone") {
+			t.Errorf("explain with the proxy stopped: %v\n%s", err, out)
+		}
 		if out, err := node.Run(ctx, bin, "cleanup"); err != nil {
 			t.Fatalf("cleanup: %v\n%s", err, out)
 		}
