@@ -44,6 +44,10 @@ func kernelOrVM(t *testing.T, pattern string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
+	if err := vm.EnsureImage(ctx, &out); err != nil {
+		t.Fatalf("the IPVS VM image: %v\n%s", err, out.String())
+	}
+	out.Reset()
 	err := vm.Run(ctx, vm.Options{Stdout: &out, Stderr: &out}, os.Args[0], "-test.run", pattern, "-test.v", "-test.count=1")
 	t.Logf("in the IPVS VM:\n%s", out.String())
 	if err != nil {

@@ -45,6 +45,10 @@ func runInVM(t *testing.T, pattern string) {
 	defer cancel()
 	bin := BuildBinary(t)
 	var out bytes.Buffer
+	if err := vm.EnsureImage(ctx, &out); err != nil {
+		t.Fatalf("the IPVS VM image: %v\n%s", err, out.String())
+	}
+	out.Reset()
 	var w io.Writer = &out
 	if testing.Verbose() {
 		w = io.MultiWriter(&out, os.Stdout)
