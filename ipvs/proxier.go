@@ -269,6 +269,34 @@ func (p *Proxier) nodeAddresses() ([]netip.Addr, error) {
 	return out, nil
 }
 
+// owned returns the test of whether a kernel virtual server is
+// svcproxy's to delete: its address is on kube-ipvs0 (onDummy), or
+// svcproxy synced it, or it is on a node address with a port in the
+// NodePort range; and never when it is in --ipvs-exclude-cidrs.
+func (p *Proxier) owned(onDummy, nodeAddrs []netip.Addr) func(Key) bool {
+	dummy := map[netip.Addr]bool{}
+	for _, a := range onDummy {
+		dummy[a] = true
+	}
+	node := map[netip.Addr]bool{}
+	for _, a := range nodeAddrs {
+		node[a] = true
+	}
+	known := map[Key]bool{}
+	for _, st := range p.services {
+		for k := range st.servers {
+			known[k] = true
+		}
+	}
+	return func(k Key) bool {
+		if p.excluded(k.Address) {
+			return false
+		}
+		nodePort := node[k.Address] && k.Port >= nodePortRange[0] && k.Port <= nodePortRange[1]
+		return dummy[k.Address] || known[k] || nodePort
+	}
+}
+
 // excluded reports whether ip is in --ipvs-exclude-cidrs.
 func (p *Proxier) excluded(ip netip.Addr) bool {
 	for _, c := range p.cfg.IPVS.ExcludeCIDRs {
@@ -336,16 +364,13 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("ipvs: %w", err)
 	}
-	ours := map[netip.Addr]bool{}
+	ours := p.owned(onDummy, nodeAddrs)
+	present := make(map[netip.Addr]bool, len(onDummy))
 	for _, a := range onDummy {
-		ours[a] = true
-	}
-	isNode := map[netip.Addr]bool{}
-	for _, a := range nodeAddrs {
-		isNode[a] = true
+		present[a] = true
 	}
 	for _, a := range slices.SortedFunc(maps.Keys(addrs), netip.Addr.Compare) {
-		if !ours[a] {
+		if !present[a] {
 			if err := p.opts.Links.AddAddress(DummyInterface, a); err != nil {
 				return fmt.Errorf("ipvs: %w", err)
 			}
@@ -375,20 +400,10 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 			return err
 		}
 	}
-	known := map[Key]bool{}
-	for _, st := range p.services {
-		for k := range st.servers {
-			known[k] = true
-		}
-	}
 	for _, vs := range kernel {
 		k := vs.Key
-		if desired[k] != nil || p.excluded(k.Address) {
-			continue
-		}
-		nodePort := isNode[k.Address] && k.Port >= nodePortRange[0] && k.Port <= nodePortRange[1]
-		if !ours[k.Address] && !known[k] && !nodePort {
-			continue // someone else's
+		if desired[k] != nil || !ours(k) {
+			continue // wanted, someone else's, or excluded
 		}
 		if err := p.deleteVS(k); err != nil {
 			return err
@@ -804,24 +819,11 @@ func (p *Proxier) cleanupVirtualServers() error {
 	if err != nil {
 		return fmt.Errorf("ipvs cleanup: %w", err)
 	}
-	ours := map[netip.Addr]bool{}
-	for _, a := range onDummy {
-		ours[a] = true
-	}
 	nodeAddrs, err := p.opts.Links.NodeAddresses(DummyInterface)
 	if err != nil {
 		return fmt.Errorf("ipvs cleanup: %w", err)
 	}
-	isNode := map[netip.Addr]bool{}
-	for _, a := range nodeAddrs {
-		isNode[a] = true
-	}
-	known := map[Key]bool{}
-	for _, st := range p.services {
-		for k := range st.servers {
-			known[k] = true
-		}
-	}
+	ours := p.owned(onDummy, nodeAddrs)
 	kernel, err := p.handle.VirtualServers()
 	if err != nil {
 		return fmt.Errorf("ipvs cleanup: %w", err)
@@ -829,8 +831,7 @@ func (p *Proxier) cleanupVirtualServers() error {
 	n := 0
 	for _, vs := range kernel {
 		k := vs.Key
-		nodePort := isNode[k.Address] && k.Port >= nodePortRange[0] && k.Port <= nodePortRange[1]
-		if p.excluded(k.Address) || !(ours[k.Address] || known[k] || nodePort) {
+		if !ours(k) {
 			continue
 		}
 		if err := p.handle.DeleteVirtualServer(k); err != nil && !IsNotFound(err) {
