@@ -261,7 +261,10 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 		}
 	}
 	p.written = written
-	p.nodePortJumps = max(1, len(nodePortAddrs))
+	p.nodePortJumps = 1 // the addrtype LOCAL jump
+	if len(p.cfg.NodePortAddresses) > 0 {
+		p.nodePortJumps = len(nodePortAddrs)
+	}
 	p.updateCounts()
 	klog.V(2).InfoS("iptables full sync", "services", len(names), "rules", rules, "staleChains", len(existing))
 	return nil

@@ -111,6 +111,11 @@ func (o *runOptions) run(ctx context.Context, fs *pflag.FlagSet) error {
 	klog.InfoS("Starting svcproxy", "mode", o.cfg.Mode, "node", o.cfg.Node.Name, "zone", o.cfg.Node.Zone, "source", o.source)
 	obs.health.Updated() // the sync loop starts, as kube-proxy marks it
 	engine.Run(ctx)
+	if c, ok := p.(proxier.Closer); ok {
+		if err := c.Close(); err != nil {
+			klog.ErrorS(err, "Closing the proxier")
+		}
+	}
 	klog.InfoS("svcproxy stopped; the rules stay in place so established connections keep working")
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err

@@ -23,6 +23,10 @@ func TestIPTablesMode(t *testing.T) {
 	Run(t, Options{Mode: "iptables"})
 }
 
+func TestUserspaceMode(t *testing.T) {
+	Run(t, Options{Mode: "userspace"})
+}
+
 // TestIPVSMode runs the table in IPVS mode: directly where the kernel has
 // IPVS (or inside the VM), else by re-running this test inside the IPVS VM.
 func TestIPVSMode(t *testing.T) {
