@@ -2,10 +2,12 @@ package suite
 
 import (
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/svcproxy/svcproxy/e2e/manifest"
 	"github.com/svcproxy/svcproxy/e2e/topology"
+	"github.com/svcproxy/svcproxy/e2e/traffic"
 )
 
 // scenario is one row of the suite: manifests, and the traffic that must
@@ -159,9 +161,8 @@ var scenarios = []scenario{
 		},
 	},
 	{
-		name: "udp",
-		manifests: manifest.Service{Name: "dns", ClusterIP: "10.96.1.12", Ports: []manifest.Port{{Name: "dns", Port: 53, Target: "80", Protocol: "UDP"}}}.YAML() +
-			manifest.Slice{Name: "dns-1", Service: "dns", Ports: []manifest.SlicePort{{Name: "dns", Port: 80, Protocol: "UDP"}}, Endpoints: web}.YAML(),
+		name:      "udp",
+		manifests: udpService("dns", "10.96.1.12", web),
 		check: func(e *env) {
 			e.eventually("UDP service answers", func() error {
 				if r := e.udp("client", "10.96.1.12:53", 3); r.Errors > 0 {
@@ -170,6 +171,60 @@ var scenarios = []scenario{
 				return nil
 			})
 			e.fair(e.udp("client", "10.96.1.12:53", 300), WebPods, 300)
+		},
+	},
+	{
+		// A client that keeps its UDP source port is pinned to one pod by
+		// conntrack; when that pod leaves, its entries must go, so the
+		// next datagram reaches another pod.
+		name:      "udp-endpoint-removed",
+		manifests: udpService("udpgone", "10.96.1.17", web),
+		check: func(e *env) {
+			var conn *net.UDPConn
+			if err := e.host("client").Do(func() (err error) {
+				conn, err = net.ListenUDP("udp", &net.UDPAddr{Port: 40053})
+				return err
+			}); err != nil {
+				e.t.Fatal(err)
+			}
+			defer conn.Close()
+			vip := &net.UDPAddr{IP: net.IPv4(10, 96, 1, 17), Port: 53}
+			ask := func() (string, error) {
+				if _, err := conn.WriteTo([]byte("who"), vip); err != nil {
+					return "", err
+				}
+				_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+				buf := make([]byte, 2048)
+				n, _, err := conn.ReadFrom(buf)
+				if err != nil {
+					return "", err
+				}
+				return traffic.Hostname(buf[:n])
+			}
+			var pinned string
+			e.eventually("UDP service answers", func() (err error) { pinned, err = ask(); return err })
+			for range 5 {
+				if got, err := ask(); err != nil || got != pinned {
+					e.t.Fatalf("a fixed source port should stay on %s, got %q (%v)", pinned, got, err)
+				}
+			}
+			var rest []manifest.Endpoint
+			for _, p := range WebPods {
+				if p != pinned {
+					rest = append(rest, pods(p)...)
+				}
+			}
+			e.update("udp-endpoint-removed", udpService("udpgone", "10.96.1.17", rest))
+			e.eventually("the same client port moves off "+pinned, func() error {
+				got, err := ask()
+				if err != nil {
+					return err
+				}
+				if got == pinned {
+					return fmt.Errorf("still answered by %s", pinned)
+				}
+				return nil
+			})
 		},
 	},
 	{
@@ -220,4 +275,10 @@ func pods(names ...string) []manifest.Endpoint {
 func simple(name, clusterIP string, port, target int, eps []manifest.Endpoint) string {
 	return manifest.Service{Name: name, ClusterIP: clusterIP, Ports: []manifest.Port{{Name: "http", Port: port, Target: fmt.Sprint(target)}}}.YAML() +
 		manifest.Slice{Name: name + "-1", Service: name, Ports: []manifest.SlicePort{{Name: "http", Port: target}}, Endpoints: eps}.YAML()
+}
+
+// udpService is a UDP service port 53 -> 80 on eps, with its slice.
+func udpService(name, clusterIP string, eps []manifest.Endpoint) string {
+	return manifest.Service{Name: name, ClusterIP: clusterIP, Ports: []manifest.Port{{Name: "dns", Port: 53, Target: "80", Protocol: "UDP"}}}.YAML() +
+		manifest.Slice{Name: name + "-1", Service: name, Ports: []manifest.SlicePort{{Name: "dns", Port: 80, Protocol: "UDP"}}, Endpoints: eps}.YAML()
 }

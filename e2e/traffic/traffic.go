@@ -55,7 +55,7 @@ func HTTP(ctx context.Context, dial DialFunc, url string, n int, timeout time.Du
 		if err != nil {
 			return "", err
 		}
-		return hostnameOf(body)
+		return Hostname(body)
 	})
 }
 
@@ -120,7 +120,7 @@ func UDP(ctx context.Context, dial DialFunc, addr string, n int, timeout time.Du
 		if err != nil {
 			return "", fmt.Errorf("waiting for an answer from %s: %w", addr, err)
 		}
-		return hostnameOf(buf[:k])
+		return Hostname(buf[:k])
 	})
 }
 
@@ -155,9 +155,10 @@ func run(ctx context.Context, n int, timeout time.Duration, one func(context.Con
 	return r
 }
 
-// hostnameOf returns the value of the first "Hostname:" line of a whoami
+// Hostname returns the value of the first "Hostname:" line of a whoami
 // answer.
-func hostnameOf(answer []byte) (string, error) {
+// Hostname returns the value of a whoami answer's "Hostname:" line.
+func Hostname(answer []byte) (string, error) {
 	sc := bufio.NewScanner(bytes.NewReader(answer))
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), "Hostname:"); ok {
