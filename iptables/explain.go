@@ -26,16 +26,13 @@ func (p *Proxier) Explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 	}
 	e := explainer{w: w, nat: parseSave(string(nat)), proto: proxier.ProtocolLower(proto), dst: dst}
 	fmt.Fprintf(w, "A new %s connection to %s, through svcproxy's iptables rules (counters: packets/bytes)\n\n", strings.ToUpper(e.proto), dst)
-	for _, r := range parseSave(string(filter)).chains[servicesChain] {
-		if r.matches(e.proto, dst, false) {
-			fmt.Fprintf(w, "filter %s: %s\n  -> %s: the service has no endpoints, so the kernel answers \"connection refused\" at once\n", servicesChain, r.describe(), r.target())
-			return nil
-		}
-	}
-	for _, r := range parseSave(string(filter)).chains[externalServicesChain] {
-		if r.matches(e.proto, dst, true) {
-			fmt.Fprintf(w, "filter %s: %s\n  -> REJECT: the node port has no endpoints\n", externalServicesChain, r.describe())
-			return nil
+	saved := parseSave(string(filter))
+	for _, chain := range []string{servicesChain, externalServicesChain} {
+		for _, r := range saved.chains[chain] {
+			if r.matches(e.proto, dst, chain == externalServicesChain) {
+				fmt.Fprintf(w, "filter %s: %s\n  -> %s\n", chain, r.describe(), verdict(r.target()))
+				return nil
+			}
 		}
 	}
 	fmt.Fprintf(w, "1. nat PREROUTING (from a pod or outside) or OUTPUT (from this node) jumps to %s.\n", servicesChain)
@@ -48,6 +45,18 @@ func (p *Proxier) Explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 		"which masquerades (SNATs to this node's address) only packets marked by %s,\n"+
 		"and the packet is routed to the endpoint's node.\n", proxier.PostroutingChain, proxier.MarkMasqChain)
 	return nil
+}
+
+// verdict explains a filter target that ends a connection attempt.
+func verdict(target string) string {
+	switch target {
+	case "REJECT":
+		return "REJECT: no endpoint can take this traffic, so the kernel answers \"connection refused\" at once"
+	case "DROP":
+		return "DROP: no local endpoint for this external traffic (externalTrafficPolicy: Local); the packet is dropped silently"
+	default:
+		return target
+	}
 }
 
 // explainer walks the saved nat table for one destination.

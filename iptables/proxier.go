@@ -82,8 +82,10 @@ func NewWithOptions(cfg proxier.Config, opts Options) (*Proxier, error) {
 // Sync writes the rules for snap. A full sync (the first, a periodic one, or
 // one after a failure) rewrites every svcproxy chain and deletes stale ones;
 // a partial sync rewrites only the chains of changed service ports and edits
-// their dispatch rules in place. Either way it is one iptables-restore: on
-// error nothing changed.
+// their dispatch rules in place, in one iptables-restore. On error every
+// service's chains are still whole (each is written in one transaction;
+// iptables-restore commits table by table), and the engine makes the next
+// sync a full one, which repairs the rest.
 func (p *Proxier) Sync(ctx context.Context, snap proxier.Snapshot, ch proxier.Changes) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -16,8 +16,9 @@ import (
 type Proxier interface {
 	// Sync makes the kernel state match snap. changes says what differs from
 	// the previous successful Sync; when changes.Full is set (or the proxier
-	// has not synced yet) everything is rewritten. On error the previous
-	// state must stay in force.
+	// has not synced yet) everything is rewritten. On error no service may
+	// be left half-written (its previous rules or its new ones stay in
+	// force); the engine then retries with a full sync.
 	Sync(ctx context.Context, snap Snapshot, changes Changes) error
 	// Cleanup removes everything this mode ever created on the node.
 	Cleanup(ctx context.Context) error
