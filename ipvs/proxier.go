@@ -77,6 +77,8 @@ type Proxier struct {
 	// connections to end, with the time they were drained.
 	terminating map[Key]map[netip.AddrPort]time.Time
 	counts      map[string]int
+	// servers and reals count the virtual and real servers of services.
+	servers, reals int
 	// ops counts the kernel writes of the current sync.
 	ops int
 }
@@ -132,6 +134,7 @@ func (p *Proxier) reset() {
 	p.addrRefs = map[netip.Addr]int{}
 	p.entryRefs = map[string]map[SetEntry]int{}
 	p.terminating = map[Key]map[netip.AddrPort]time.Time{}
+	p.servers, p.reals = 0, 0
 }
 
 // open opens the IPVS handle if needed.
@@ -423,6 +426,12 @@ func (p *Proxier) fullSync(ctx context.Context, snap proxier.Snapshot) error {
 		}
 	}
 	p.services = services
+	p.servers, p.reals = 0, 0
+	for _, st := range services {
+		vs, rs := st.size()
+		p.servers += vs
+		p.reals += rs
+	}
 	p.addrRefs = map[netip.Addr]int{}
 	for _, st := range services {
 		for _, a := range st.addrs {
@@ -645,6 +654,10 @@ func (p *Proxier) partialSync(snap proxier.Snapshot, ch proxier.Changes) error {
 		if err := p.updateRefs(old, nw); err != nil {
 			return err
 		}
+		oldVS, oldRS := old.size()
+		newVS, newRS := nw.size()
+		p.servers += newVS - oldVS
+		p.reals += newRS - oldRS
 		if nw == nil {
 			delete(p.services, spn)
 		} else {
@@ -735,16 +748,21 @@ func (p *Proxier) updateRefs(old, nw *serviceState) error {
 	return nil
 }
 
-// updateCounts recomputes the rule counts from the synced state.
-func (p *Proxier) updateCounts() {
-	vss := map[Key]bool{}
-	real := 0
-	for _, st := range p.services {
-		for k, d := range st.servers {
-			vss[k] = true
-			real += len(d.dests)
-		}
+// size returns the virtual and real servers a service port contributes.
+func (st *serviceState) size() (servers, reals int) {
+	if st == nil {
+		return 0, 0
 	}
+	for _, d := range st.servers {
+		reals += len(d.dests)
+	}
+	return len(st.servers), reals
+}
+
+// updateCounts recomputes the rule counts from the synced state, in time
+// independent of the number of services (servers and reals are kept up to
+// date by the syncs).
+func (p *Proxier) updateCounts() {
 	entries := 0
 	for _, m := range p.entryRefs {
 		entries += len(m)
@@ -754,8 +772,8 @@ func (p *Proxier) updateCounts() {
 		terminating += len(m)
 	}
 	p.counts = map[string]int{
-		"ipvs-virtual-servers":          len(vss),
-		"ipvs-real-servers":             real,
+		"ipvs-virtual-servers":          p.servers,
+		"ipvs-real-servers":             p.reals,
 		"ipvs-terminating-real-servers": terminating,
 		"ipvs-addresses":                len(p.addrRefs),
 		"ipset-entries":                 entries,

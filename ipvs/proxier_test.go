@@ -349,11 +349,16 @@ func TestIncrementalSyncTouchesOnlyChangedServices(t *testing.T) {
 				t.Errorf("ipset calls %v: want no listing and only the changed members", got)
 			}
 			snap = next
-			// a full sync now finds nothing to fix: the incremental one was complete
+			// a full sync now finds nothing to fix: the incremental one was
+			// complete, and kept the counts right
+			counts := e.p.RuleCounts()
 			e.h.ResetCalls()
 			e.full(snap)
 			if w := e.h.Writes(); w != 0 {
 				t.Errorf("full sync after the incremental one wrote %d times (calls %v)", w, e.h.Calls())
+			}
+			if full := e.p.RuleCounts(); fmt.Sprint(full) != fmt.Sprint(counts) {
+				t.Errorf("counts after the incremental sync %v, after a full one %v", counts, full)
 			}
 		})
 	}
