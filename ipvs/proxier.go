@@ -43,9 +43,6 @@ type Options struct {
 	IPSets   IPSets
 	Sysctl   Sysctl
 	Restorer proxier.Restorer
-	// ClearConntrack removes stale UDP conntrack entries after a sync; nil
-	// means proxier.ClearStaleUDP.
-	ClearConntrack func(proxier.Snapshot, proxier.Changes)
 	// Now is the clock for graceful termination; nil means time.Now.
 	Now func() time.Time
 	// GracePeriod bounds graceful termination; zero means
@@ -113,9 +110,6 @@ func NewWithOptions(cfg proxier.Config, opts Options) (*Proxier, error) {
 	}
 	if opts.Restorer == nil {
 		opts.Restorer = proxier.ExecRestorer{}
-	}
-	if opts.ClearConntrack == nil {
-		opts.ClearConntrack = proxier.ClearStaleUDP
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -190,7 +184,6 @@ func (p *Proxier) Sync(ctx context.Context, snap proxier.Snapshot, ch proxier.Ch
 	p.synced = true
 	p.sweep()
 	p.updateCounts()
-	p.opts.ClearConntrack(snap, ch)
 	klog.V(2).InfoS("IPVS sync", "full", full, "services", len(snap.Services), "changed", len(ch.Services),
 		"kernelWrites", p.ops, "terminating", p.counts["ipvs-terminating-real-servers"], "took", p.opts.Now().Sub(start))
 	return nil

@@ -65,9 +65,8 @@ func newEnv(t *testing.T, mutate func(*proxier.Config)) *env {
 		ipt: iptablestest.New(), sysctl: ipvstest.NewSysctl(), now: time.Unix(1000, 0)}
 	p, err := ipvs.NewWithOptions(cfg, ipvs.Options{
 		Handle: e.h, Links: e.links, IPSets: e.sets, Sysctl: e.sysctl, Restorer: e.ipt,
-		ClearConntrack: func(proxier.Snapshot, proxier.Changes) {},
-		Now:            func() time.Time { return e.now },
-		GracePeriod:    time.Minute,
+		Now:         func() time.Time { return e.now },
+		GracePeriod: time.Minute,
 	})
 	if err != nil {
 		t.Fatal(err)

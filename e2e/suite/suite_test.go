@@ -31,7 +31,11 @@ func TestUserspaceMode(t *testing.T) {
 // IPVS (or inside the VM), else by re-running this test inside the IPVS VM.
 func TestIPVSMode(t *testing.T) {
 	if vm.HostHasIPVS() || vm.InVM() {
-		Run(t, Options{Mode: "ipvs", Binary: os.Getenv(binaryEnv)})
+		// Strict ARP: the topology routes the service range on-link over the
+		// fabric, so without it a node answers ARP for the addresses on its
+		// kube-ipvs0, and a node that has not programmed a service yet sends
+		// the service's packets to a neighbour's IPVS (see ipvs/README.md).
+		Run(t, Options{Mode: "ipvs", Binary: os.Getenv(binaryEnv), ExtraArgs: []string{"--ipvs-strict-arp"}})
 		return
 	}
 	runInVM(t, "^TestIPVSMode$")
