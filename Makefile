@@ -49,8 +49,13 @@ lab: deps build
 lab-down: build
 	./$(BIN) lab --down
 
+# bench writes docs/bench/REPORT.md (plots, JSON, CSV beside it). Pass
+# flags with BENCH_ARGS, e.g. make bench BENCH_ARGS=--quick. The upstream
+# kube-proxy peers run when e2e/kubetools/build.sh has cached their binaries
+# (and etcd is installed); otherwise the report lists them as absent.
+BENCH_ARGS ?=
 bench: deps build
-	./$(BIN) bench
+	./$(BIN) bench $(BENCH_ARGS)
 
 clean:
 	rm -rf bin

@@ -68,7 +68,7 @@ EndpointSlices from a cluster (--source=kube) or from YAML files
 	klog.InitFlags(klogFlags)
 	cmd.PersistentFlags().AddGoFlag(klogFlags.Lookup("v"))
 
-	cmd.AddCommand(newCleanupCommand(), newVersionCommand(), newExplainCommand(), newWhoamiCommand(), newLabCommand())
+	cmd.AddCommand(newCleanupCommand(), newVersionCommand(), newExplainCommand(), newWhoamiCommand(), newLabCommand(), newBenchCommand())
 	return cmd
 }
 
