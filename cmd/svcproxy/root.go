@@ -81,6 +81,7 @@ func (o *runOptions) run(ctx context.Context, fs *pflag.FlagSet) error {
 		return err
 	}
 	o.cfg = settings.Proxier
+	tuneGC()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	ctx, restart := context.WithCancelCause(ctx)

@@ -1,13 +1,15 @@
-// Package kubesource is svcproxy's Kubernetes source: client-go shared
-// informers on Services, EndpointSlices and this node's Node object, feeding
-// a proxier.Sink (the change tracker).
+// Package kubesource is svcproxy's Kubernetes source: client-go reflectors
+// on Services and EndpointSlices and an informer on this node's Node object,
+// feeding a proxier.Sink (the change tracker).
 //
-// Informer transforms strip what the proxy never reads (managed fields,
-// owner references, pod references, labels, and every annotation but the
-// two it uses) before objects enter the cache, which keeps memory low on
-// large clusters. A lost connection to the API server deletes nothing: the
-// informers keep their caches and retry, and when they list again only
-// objects that were really deleted meanwhile are removed.
+// The Service and EndpointSlice reflectors keep no object cache: each object
+// is trimmed (Transform strips managed fields, owner references, pod
+// references, labels, and every annotation but the two the proxy reads),
+// handed to the sink, and forgotten but for its key and a fingerprint of what
+// the proxy reads. The tracker's model is then the only copy in memory. A
+// lost connection to the API server deletes nothing: the reflectors retry,
+// and when they list again only objects that were really deleted meanwhile
+// are removed.
 package kubesource
 
 import (
@@ -18,10 +20,11 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -62,66 +65,46 @@ type Source struct {
 	node atomic.Pointer[v1.Node]
 }
 
-// Start starts the informers, waits until their caches have synced and the
-// initial state was delivered to sink, and returns; the informers keep
-// feeding sink until ctx ends. It fails if ctx ends before the caches sync.
+// Start starts the watches, waits until each has listed and delivered the
+// initial objects to sink, and returns; the watches keep feeding sink until
+// ctx ends. It fails if ctx ends before the first lists complete.
+//
+// Services and EndpointSlices are watched by reflectors whose store keeps
+// no objects (see forwardingStore): the tracker's model is the only copy
+// in memory, where an informer would also keep every object in its cache.
 func (s *Source) Start(ctx context.Context, sink proxier.Sink) error {
 	if s.Client == nil {
 		return fmt.Errorf("kube source: no API client")
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(s.Client, s.ResyncPeriod,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxiedSelector }),
-		informers.WithTransform(Transform))
-	svcInformer := factory.Core().V1().Services().Informer()
-	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
-
-	svcReg, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if svc, ok := obj.(*v1.Service); ok {
-				sink.UpdateService(svc)
-			}
+	tweak := func(o *metav1.ListOptions) { o.LabelSelector = proxiedSelector }
+	services := &forwardingStore{kind: "Service", sink: sink, changed: serviceFingerprint, forward: forwardService}
+	slices := &forwardingStore{kind: "EndpointSlice", sink: sink, changed: sliceFingerprint, forward: forwardSlice}
+	svcLW := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			tweak(&o)
+			return s.Client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
 		},
-		UpdateFunc: func(oldObj, newObj any) {
-			old, _ := oldObj.(*v1.Service)
-			svc, ok := newObj.(*v1.Service)
-			if ok && (old == nil || serviceChanged(old, svc)) {
-				sink.UpdateService(svc)
-			}
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			tweak(&o)
+			return s.Client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
 		},
-		DeleteFunc: func(obj any) {
-			if key, ok := deletedKey(obj); ok {
-				sink.DeleteService(key)
-			}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("kube source: service handler: %w", err)
 	}
-	sliceReg, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if slice, ok := obj.(*discovery.EndpointSlice); ok {
-				sink.UpdateEndpointSlice(slice)
-			}
+	sliceLW := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			tweak(&o)
+			return s.Client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
 		},
-		UpdateFunc: func(oldObj, newObj any) {
-			old, _ := oldObj.(*discovery.EndpointSlice)
-			slice, ok := newObj.(*discovery.EndpointSlice)
-			if ok && (old == nil || sliceChanged(old, slice)) {
-				sink.UpdateEndpointSlice(slice)
-			}
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			tweak(&o)
+			return s.Client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
 		},
-		DeleteFunc: func(obj any) {
-			if key, ok := deletedKey(obj); ok {
-				sink.DeleteEndpointSlice(key)
-			}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("kube source: endpointslice handler: %w", err)
 	}
-	factory.Start(ctx.Done())
+	// The reflectors stream their initial lists (watch-list) where the
+	// client supports it, as informers do.
+	go cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(svcLW, s.Client), &v1.Service{}, services, cache.ReflectorOptions{Name: "svcproxy services"}).RunWithContext(ctx)
+	go cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(sliceLW, s.Client), &discovery.EndpointSlice{}, slices, cache.ReflectorOptions{Name: "svcproxy endpointslices"}).RunWithContext(ctx)
 
-	synced := []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced}
+	synced := []cache.InformerSynced{services.HasSynced, slices.HasSynced}
 	if s.NodeName != "" {
 		nodeSynced, err := s.startNodeInformer(ctx)
 		if err != nil {
@@ -131,9 +114,9 @@ func (s *Source) Start(ctx context.Context, sink proxier.Sink) error {
 	}
 	klog.InfoS("Waiting for the API server's Services and EndpointSlices", "node", s.NodeName)
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("kube source: caches did not sync: %w", context.Cause(ctx))
+		return fmt.Errorf("kube source: initial lists did not complete: %w", context.Cause(ctx))
 	}
-	klog.InfoS("Kube source synced", "services", len(svcInformer.GetStore().ListKeys()), "endpointSlices", len(sliceInformer.GetStore().ListKeys()))
+	klog.InfoS("Kube source synced", "services", services.Len(), "endpointSlices", slices.Len())
 	return nil
 }
 
@@ -195,23 +178,6 @@ func metaOf(obj any) (metav1.Object, error) {
 		return nil, fmt.Errorf("%T has no object metadata", obj)
 	}
 	return m, nil
-}
-
-// serviceChanged reports whether an update changed anything the proxy reads
-// (after Transform), so resyncs and status-only noise cost no sync.
-func serviceChanged(old, svc *v1.Service) bool {
-	return !equality.Semantic.DeepEqual(old.Spec, svc.Spec) ||
-		!equality.Semantic.DeepEqual(old.Status, svc.Status) ||
-		!equality.Semantic.DeepEqual(old.Annotations, svc.Annotations)
-}
-
-// sliceChanged is serviceChanged for EndpointSlices.
-func sliceChanged(old, slice *discovery.EndpointSlice) bool {
-	return old.AddressType != slice.AddressType ||
-		!equality.Semantic.DeepEqual(old.Labels, slice.Labels) ||
-		!equality.Semantic.DeepEqual(old.Annotations, slice.Annotations) ||
-		!equality.Semantic.DeepEqual(old.Ports, slice.Ports) ||
-		!equality.Semantic.DeepEqual(old.Endpoints, slice.Endpoints)
 }
 
 // NewClient returns an API client from a kubeconfig file and/or a master URL
