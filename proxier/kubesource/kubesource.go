@@ -44,7 +44,7 @@ const (
 	LabelHeadless         = v1.IsHeadlessService
 )
 
-// proxiedSelector is the label selector of both informers.
+// proxiedSelector is the label selector of both watches.
 const proxiedSelector = "!" + LabelServiceProxyName + ",!" + LabelHeadless
 
 // Source feeds a proxier.Sink from the API server. Set the fields, then call
@@ -55,7 +55,7 @@ type Source struct {
 	// NodeName is this node; when set, its Node object is watched too (see
 	// Node and OnNode).
 	NodeName string
-	// ResyncPeriod is the informers' resync period (kube-proxy's
+	// ResyncPeriod is the Node informer's resync period (kube-proxy's
 	// configSyncPeriod); 0 disables resyncs.
 	ResyncPeriod time.Duration
 	// OnNode, if set, is called with this node's Node object whenever it is

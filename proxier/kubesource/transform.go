@@ -8,9 +8,10 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// Transform is the informers' transform: it strips, in place, every field
+// Transform is the sources' transform: it strips, in place, every field
 // the proxy does not read from Services, EndpointSlices and Nodes before
-// they enter the informer cache. Other objects pass unchanged.
+// they reach the sink (or, for the Node, the informer cache). Other objects
+// pass unchanged.
 //
 // Kept: a Service's spec, status.loadBalancer and the
 // proxier.SchedulerAnnotation; an EndpointSlice's ports, addressType, the
