@@ -16,6 +16,7 @@ import (
 func newBenchCommand() *cobra.Command {
 	o := bench.FullOptions()
 	var quick bool
+	var render string
 	var sizes []int
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -31,6 +32,9 @@ and writes REPORT.md, results.json, results.csv, sync.svg and latency.svg.`,
 		Example: "  svcproxy bench --quick\n  svcproxy bench --sizes=1000,10000,30000 --modes=iptables,ipvs",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if render != "" {
+				return bench.Render(render, o.OutDir, cmd.OutOrStdout())
+			}
 			if quick {
 				q := bench.QuickOptions()
 				o.Preset = q.Preset
@@ -38,6 +42,7 @@ and writes REPORT.md, results.json, results.csv, sync.svg and latency.svg.`,
 					"sizes":    func() { sizes = q.Sizes },
 					"reps":     func() { o.Reps = q.Reps },
 					"requests": func() { o.Requests = q.Requests },
+					"vm-modes": func() { o.VMModes = q.VMModes },
 				} {
 					if !cmd.Flags().Changed(name) {
 						set()
@@ -47,6 +52,9 @@ and writes REPORT.md, results.json, results.csv, sync.svg and latency.svg.`,
 				o.Preset = "custom"
 			}
 			o.Sizes = sizes
+			if !cmd.Flags().Changed("out") && quick {
+				o.OutDir = "docs/bench/quick"
+			}
 			if err := isolate.EnsureIsolated(); err != nil {
 				return err
 			}
@@ -77,7 +85,8 @@ and writes REPORT.md, results.json, results.csv, sync.svg and latency.svg.`,
 	f.Int64Var(&o.StreamBytes, "stream-bytes", o.StreamBytes, "bytes of the throughput stream")
 	f.StringSliceVar(&o.VMModes, "vm-modes", o.VMModes, "modes that also run in the IPVS VM when this kernel has no IPVS (IPVS always does)")
 	f.BoolVar(&o.SkipDataPlane, "control-plane-only", false, "measure the control plane only")
-	f.StringVar(&o.OutDir, "out", "docs/bench", "directory for REPORT.md, results.json, results.csv and the plots")
+	f.StringVar(&o.OutDir, "out", "docs/bench", "directory for REPORT.md, results.json, results.csv and the plots (--quick: docs/bench/quick)")
+	f.StringVar(&render, "render", "", "measure nothing: write the report, table and plots again from this results.json")
 	f.StringVar(&o.InnerJSON, "inner-json", "", "write only the JSON results to this file (used inside the VM)")
 	_ = f.MarkHidden("inner-json")
 	return cmd

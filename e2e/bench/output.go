@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -344,10 +345,17 @@ func (r *Report) endpoints() int {
 	return 3
 }
 
-// plotSeries builds one series per implementation/mode for metric.
+// plotSeries builds one series per implementation/mode/where for metric;
+// a mode keeps its colour across host and VM, VM lines are fainter.
 func (r *Report) plotSeries(metric, suffix string, dashed bool) []series {
 	var ss []series
-	for i, im := range r.Impls() {
+	var modes [][2]string
+	for _, im := range r.Impls() {
+		if m := [2]string{im[0], im[1]}; !slices.Contains(modes, m) {
+			modes = append(modes, m)
+		}
+	}
+	for _, im := range r.Impls() {
 		ns, med, lo, hi := r.Series(im[0], im[1], im[2], metric)
 		if len(ns) == 0 {
 			continue
@@ -360,7 +368,9 @@ func (r *Report) plotSeries(metric, suffix string, dashed bool) []series {
 		if im[2] == WhereVM {
 			where = " (VM)"
 		}
-		ss = append(ss, series{name: im[0] + "/" + im[1] + where + suffix, color: palette[i%len(palette)], dashed: dashed, xs: xs, ys: med, lo: lo, hi: hi})
+		color := palette[slices.Index(modes, [2]string{im[0], im[1]})%len(palette)]
+		ss = append(ss, series{name: im[0] + "/" + im[1] + where + suffix, color: color, dashed: dashed, faint: im[2] == WhereVM,
+			xs: xs, ys: med, lo: lo, hi: hi})
 	}
 	return ss
 }
@@ -377,9 +387,33 @@ func (r *Report) SyncSVG() string {
 // the ClusterIP against N, with direct p50 for reference.
 func (r *Report) LatencySVG() string {
 	ss := append(r.plotSeries(MetricLatP50, " p50", false), r.plotSeries(MetricLatP99, " p99", true)...)
+	// One direct line per place: every mode's topology measures the same
+	// direct path.
+	seen := map[bool]bool{}
 	for _, s := range r.plotSeries(DirectPrefix+MetricLatP50, " direct p50", true) {
-		s.color = "#999"
+		if seen[s.faint] {
+			continue
+		}
+		seen[s.faint] = true
+		s.name = "direct p50" + map[bool]string{true: " (VM)", false: ""}[s.faint]
+		s.color = "#777"
 		ss = append(ss, s)
 	}
 	return plotSVG("New-connection request latency vs services loaded", "services (N)", "milliseconds", ss)
+}
+
+// Render reads a results.json written by an earlier run and writes the
+// table and every output from it again (after a change of the report's
+// layout, or into another directory), without measuring anything.
+func Render(jsonPath, dir string, out io.Writer) error {
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return fmt.Errorf("reading earlier results: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return fmt.Errorf("decoding %s: %w", jsonPath, err)
+	}
+	r.FillRatios()
+	return Write(&r, dir, out)
 }

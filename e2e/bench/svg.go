@@ -12,6 +12,7 @@ type series struct {
 	name   string
 	color  string
 	dashed bool
+	faint  bool
 	xs     []float64
 	ys     []float64
 	lo, hi []float64
@@ -40,7 +41,7 @@ func logRange(vs []float64) (lo, hi float64) {
 
 // plotSVG draws series on log-log axes as a standalone SVG document.
 func plotSVG(title, xlabel, ylabel string, ss []series) string {
-	const w, h, left, right, top, bottom = 720, 440, 70, 220, 40, 50
+	const w, h, left, right, top, bottom = 900, 460, 70, 340, 40, 50
 	pw, ph := float64(w-left-right), float64(h-top-bottom)
 	var xsAll, ysAll []float64
 	for _, s := range ss {
@@ -78,6 +79,9 @@ func plotSVG(title, xlabel, ylabel string, ss []series) string {
 		dash := ""
 		if s.dashed {
 			dash = ` stroke-dasharray="6 4"`
+		}
+		if s.faint {
+			dash += ` stroke-opacity="0.55"`
 		}
 		var pts []string
 		for j := range s.xs {
