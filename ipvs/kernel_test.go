@@ -12,6 +12,7 @@ package ipvs_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -181,6 +182,26 @@ func TestKernel(t *testing.T) {
 			if !strings.Contains(out, "\n"+m+"\n") {
 				t.Errorf("ipset %s lacks %s:\n%s", set, m, out)
 			}
+		}
+	}
+	// and as svcproxy reads them back (what a full sync diffs against)
+	for set, want := range map[string]string{
+		"SVCP-LOAD-BALANCER-SOURCE-CIDR": "[203.0.113.20,tcp:80,198.51.100.0/24]",
+		"SVCP-NODE-PORT":                 "[172.30.0.11,tcp:30080]",
+		"SVCP-CLUSTER-IP":                "[10.96.0.10,udp:53]",
+	} {
+		es, err := ipvs.NewKernelIPSets().Entries(set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range es {
+			if set != "SVCP-CLUSTER-IP" || e.Protocol == v1.ProtocolUDP {
+				got = append(got, e.String())
+			}
+		}
+		if fmt.Sprint(got) != want {
+			t.Errorf("ipset %s read back as %v, want %s", set, got, want)
 		}
 	}
 	for _, s := range []string{"net/ipv4/vs/conntrack", "net/ipv4/conf/all/arp_ignore", "net/ipv4/conf/all/arp_announce"} {
