@@ -87,8 +87,14 @@ func Run(ctx context.Context, o Options) (err error) {
 		return fmt.Errorf("lab: %w", err)
 	}
 	for _, node := range cluster.Nodes {
-		if _, err := node.Start(o.Binary, "--mode="+o.Mode, "--source=file:"+manifestDir,
-			"--hostname-override="+node.Name, "--cluster-cidr="+topology.ClusterCIDR, "--min-sync-period=100ms"); err != nil {
+		args := []string{"--mode=" + o.Mode, "--source=file:" + manifestDir,
+			"--hostname-override=" + node.Name, "--cluster-cidr=" + topology.ClusterCIDR, "--min-sync-period=100ms"}
+		if o.Mode == "ipvs" {
+			// the service range is on-link on the fabric: without strict
+			// ARP nodes answer ARP for each other's kube-ipvs0 addresses
+			args = append(args, "--ipvs-strict-arp")
+		}
+		if _, err := node.Start(o.Binary, args...); err != nil {
 			return fmt.Errorf("lab: start svcproxy on %s: %w", node.Name, err)
 		}
 	}
