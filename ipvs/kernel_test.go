@@ -215,6 +215,21 @@ func TestKernel(t *testing.T) {
 		t.Errorf("nat rules:\n%s", nat)
 	}
 
+	// drift: kube-ipvs0 and a real server deleted behind svcproxy's back
+	if link, err := netlink.LinkByName(ipvs.DummyInterface); err == nil {
+		_ = netlink.LinkDel(link)
+	}
+	run(t, "ipvsadm", "-d", "-t", "10.96.0.1:80", "-r", "10.244.2.10:8080")
+	if err := p.Sync(ctx, snap, proxier.Changes{Full: true}); err != nil {
+		t.Fatalf("full sync after drift: %v", err)
+	}
+	if got := ipvsadmLines(t); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("ipvsadm -Ln after repair:\n%s", strings.Join(got, "\n"))
+	}
+	if out := run(t, "ip", "-o", "-4", "addr", "show", "dev", ipvs.DummyInterface); !strings.Contains(out, " 10.96.0.1/32 ") {
+		t.Errorf("kube-ipvs0 not repaired:\n%s", out)
+	}
+
 	// incremental: one endpoint replaced, one service gone
 	next := proxier.Snapshot{Services: cloneMap(snap.Services), Endpoints: cloneMap(snap.Endpoints)}
 	next.Endpoints[spn("web", v1.ProtocolTCP)] = eps("10.244.1.11", "10.244.3.33")

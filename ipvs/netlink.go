@@ -261,9 +261,13 @@ func (l *kernelLinks) forget(name string) {
 }
 
 func (l *kernelLinks) EnsureDummy(name string) error {
-	if _, err := netlink.LinkByName(name); err == nil {
+	if link, err := netlink.LinkByName(name); err == nil {
+		l.mu.Lock()
+		l.index[name] = link.Attrs().Index
+		l.mu.Unlock()
 		return nil
 	}
+	l.forget(name) // recreated below: a new index
 	if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("create dummy interface %s: %w", name, err)
 	}
