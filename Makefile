@@ -9,9 +9,9 @@
 GO      ?= go
 BIN     := bin/svcproxy
 MODE    ?= iptables
-APT_PKGS := iptables ipset ipvsadm conntrack iproute2 curl
+APT_PKGS := iptables ipset ipvsadm conntrack iproute2 curl etcd-server
 
-.PHONY: all build deps test unit e2e lab lab-down bench clean
+.PHONY: all build deps kubetools test unit e2e lab lab-down bench clean
 
 include e2e/vm/vm.mk
 
@@ -37,10 +37,16 @@ unit:
 # The end-to-end suites re-exec themselves into a throwaway network
 # namespace: nothing they do reaches the host's own.
 # IPVS scenarios run inside the VM (vm-image) when the host has no IPVS.
-e2e: deps vm-image build
+# kube-apiserver and kube-proxy for the real-apiserver tests and the bench
+# peers, built from k8s.io/kubernetes in e2e/kubetools (its own module) and
+# cached in /var/cache/svcproxy-kube: minutes the first time, then instant.
+kubetools:
+	e2e/kubetools/build.sh
+
+e2e: deps vm-image kubetools build
 	$(GO) test -count=1 -timeout 25m ./e2e/...
 
-test: deps build unit e2e
+test: deps vm-image build unit e2e
 
 lab: deps build
 	@if [ "$(MODE)" = ipvs ]; then $(MAKE) --no-print-directory vm-image; fi
