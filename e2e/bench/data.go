@@ -97,30 +97,35 @@ func dataPlane(ctx context.Context, o *Options, mode, where string, n int) ([]Re
 	}
 
 	// Warm-up: connection tracking, ARP/neighbour entries, caches.
-	if _, _, err := requests(client, []string{vip}, o.Requests/10+10); err != nil {
-		return nil, fmt.Errorf("warm-up through the ClusterIP: %w", err)
-	}
-	if _, _, err := requests(client, podAddrs, o.Requests/10+10); err != nil {
-		return nil, fmt.Errorf("warm-up straight to the pods: %w", err)
+	if _, _, err := requests(client, [][]string{{vip}, podAddrs}, o.Requests/10+10); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 	samples := map[string][]float64{}
-	for range o.Reps {
-		for _, side := range []struct {
-			prefix string
-			addrs  []string
-		}{{"", []string{vip}}, {DirectPrefix, podAddrs}} {
-			lat, failed, err := requests(client, side.addrs, o.Requests)
-			if err != nil {
-				return nil, fmt.Errorf("requests to %v: %w", side.addrs, err)
-			}
-			samples[side.prefix+MetricFailed] = append(samples[side.prefix+MetricFailed], float64(failed))
+	sides := []struct {
+		prefix string
+		addrs  []string
+	}{{"", []string{vip}}, {DirectPrefix, podAddrs}}
+	for rep := range o.Reps {
+		// Requests alternate between the ClusterIP and the pods, so both
+		// sides see the same moment of a shared, noisy machine.
+		lats, failed, err := requests(client, [][]string{sides[0].addrs, sides[1].addrs}, o.Requests)
+		if err != nil {
+			return nil, fmt.Errorf("requests: %w", err)
+		}
+		for i, side := range sides {
+			lat := lats[i]
 			total := 0.0
 			for _, l := range lat {
 				total += l
 			}
+			samples[side.prefix+MetricFailed] = append(samples[side.prefix+MetricFailed], float64(failed[i]))
 			samples[side.prefix+MetricRPS] = append(samples[side.prefix+MetricRPS], float64(len(lat))/total)
 			samples[side.prefix+MetricLatP50] = append(samples[side.prefix+MetricLatP50], 1000*Percentile(lat, 50))
 			samples[side.prefix+MetricLatP99] = append(samples[side.prefix+MetricLatP99], 1000*Percentile(lat, 99))
+		}
+		// Streams alternate which side goes first.
+		for j := range sides {
+			side := sides[(j+rep)%len(sides)]
 			mbps, err := stream(client, side.addrs[0], o.StreamBytes)
 			if err != nil {
 				return nil, fmt.Errorf("stream from %s: %w", side.addrs[0], err)
@@ -271,32 +276,39 @@ func changeToTraffic(ctx context.Context, dir string, k int, c *topology.Cluster
 	return time.Since(start), nil
 }
 
-// requests sends n HTTP/1.0 GET requests from client, a new connection
-// each, cycling over addrs, one after the other, and returns the latency of
-// each answered one in seconds (connect to the end of the answer) and the
-// number of failures. It fails when more than a tenth of the requests
-// fail. The loop runs on one thread inside the client's namespace, so no
-// namespace switch is timed.
-func requests(client *topology.Pod, addrs []string, n int) (lat []float64, failed int, err error) {
-	lat = make([]float64, 0, n)
-	var first error
+// requests sends n HTTP/1.0 GET requests from client to each of sides, a
+// new connection each, one after the other, alternating between the sides
+// and cycling over each side's addresses. It returns per side the latency
+// of each answered request in seconds (connect to the end of the answer)
+// and the number of failures; it fails when more than a tenth of a side's
+// requests fail. The loop runs on one thread inside the client's
+// namespace, so no namespace switch is timed.
+func requests(client *topology.Pod, sides [][]string, n int) (lat [][]float64, failed []int, err error) {
+	lat = make([][]float64, len(sides))
+	failed = make([]int, len(sides))
+	firsts := make([]error, len(sides))
 	err = client.Do(func() error {
 		for i := range n {
-			d, err := request(addrs[i%len(addrs)], 5*time.Second)
-			if err != nil {
-				failed++
-				if first == nil {
-					first = fmt.Errorf("request %d: %w", i, err)
+			for s, addrs := range sides {
+				addr := addrs[i%len(addrs)]
+				d, err := request(addr, 5*time.Second)
+				if err != nil {
+					failed[s]++
+					if firsts[s] == nil {
+						firsts[s] = fmt.Errorf("request %d to %s: %w", i, addr, err)
+					}
+					klog.InfoS("Request failed", "addr", addr, "index", i, "err", err)
+					continue
 				}
-				klog.InfoS("Request failed", "addr", addrs[i%len(addrs)], "index", i, "err", err)
-				continue
+				lat[s] = append(lat[s], d.Seconds())
 			}
-			lat = append(lat, d.Seconds())
 		}
 		return nil
 	})
-	if err == nil && failed*10 > n {
-		err = fmt.Errorf("%d of %d requests failed, the first: %w", failed, n, first)
+	for s := range sides {
+		if err == nil && failed[s]*10 > n {
+			err = fmt.Errorf("%d of %d requests failed, the first: %w", failed[s], n, firsts[s])
+		}
 	}
 	return lat, failed, err
 }

@@ -261,7 +261,7 @@ func notes(o *Options, where string, inVM []string) []string {
 	n := []string{
 		"Control plane: each mode's proxier is called in-process in a fresh one-node network namespace per repetition, against the real kernel; heap_mb is the Go heap the proxier retains after its first full sync (the workload excluded), not a process RSS.",
 		fmt.Sprintf("Data plane: svcproxy runs as a process (file source, --min-sync-period=%v) on the client's node only, the only node on the client → ClusterIP path; the three whoami pods sit on three other nodes. rss_mb and cpu_s are that process's, read right after its first sync.", o.MinSyncPeriod),
-		"Requests are sequential, one at a time, each on a new TCP connection (HTTP/1.0 GET /); rps is the inverse of the mean latency. Direct requests cycle over the three pod IPs; the direct stream comes from web1.",
+		"Requests are sequential, one at a time, each on a new TCP connection (HTTP/1.0 GET /), alternating between the ClusterIP and the pods so that both sides see the same moment of a shared machine; rps is the inverse of the mean latency. Direct requests cycle over the three pod IPs; the direct stream comes from web1; the two streams of a repetition alternate which goes first. Requests that get no answer within 5 s are counted as failed and left out of rps and latencies.",
 		"change_to_traffic_s: from writing a new Service file to the first answer through its ClusterIP (polled every 5 ms), which includes the file watch and the min sync period.",
 	}
 	if len(inVM) > 0 {
