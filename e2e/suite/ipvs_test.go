@@ -6,9 +6,11 @@ package suite
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -89,6 +91,35 @@ func (e *env) waitIPVS(vs string, weights map[string]int) *ipvsService {
 
 func podAddr(pod string, port int) string { return podAddress[pod][0] + ":" + strconv.Itoa(port) }
 
+// distinctPorts returns a dial function for a host whose TCP connections
+// use source ports base, base+1, ... (below the ephemeral range). IPVS keys
+// connections by client address and port: a new connection from a port
+// whose previous connection to the same service is still in IPVS's table
+// (not yet in TIME_WAIT) goes to that connection's real server without a
+// scheduling decision. Exact spreads need every connection scheduled.
+func (e *env) distinctPorts(from string, base int) traffic.DialFunc {
+	h := e.host(from)
+	next := base
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		port := next
+		next++
+		var conn net.Conn
+		err := h.Do(func() (err error) {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{Port: port}}
+			conn, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+}
+
+// exactHTTP sends n requests from distinct source ports and checks the
+// spread is exactly want.
+func (e *env) exactHTTP(from, url string, n, base int, want map[string]int) {
+	e.t.Helper()
+	e.exact(traffic.HTTP(e.ctx, e.distinctPorts(from, base), url, n, 2*time.Second), want)
+}
+
 // exact checks that a result has exactly the given counts and no errors.
 func (e *env) exact(r traffic.Result, want map[string]int) {
 	e.t.Helper()
@@ -146,7 +177,7 @@ var ipvsScenarios = []scenario{
 		check: func(e *env) {
 			url := "http://10.96.2.2/"
 			e.reachable("client", url)
-			e.exact(e.http("client", url, 300), map[string]int{"web1": 100, "web2": 100, "web3": 100})
+			e.exactHTTP("client", url, 300, 20000, map[string]int{"web1": 100, "web2": 100, "web3": 100})
 		},
 	},
 	{
@@ -180,7 +211,7 @@ var ipvsScenarios = []scenario{
 				e.t.Fatalf("scheduler %s, want wrr", s.scheduler)
 			}
 			e.reachable("client", url)
-			e.exact(e.http("client", url, 300), map[string]int{"web1": 150, "web2": 100, "web3": 50})
+			e.exactHTTP("client", url, 300, 21000, map[string]int{"web1": 150, "web2": 100, "web3": 50})
 		},
 	},
 	{
