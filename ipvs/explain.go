@@ -33,7 +33,7 @@ func (p *Proxier) Explain(ctx context.Context, w io.Writer, proto v1.Protocol, d
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
 	}
-	nodeAddrs, err := p.opts.Links.NodeAddresses(DummyInterface)
+	nodeAddrs, err := p.opts.Links.NodeAddresses()
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
 	}

@@ -113,8 +113,8 @@ type Links interface {
 	// DeleteAddress removes ip/32 from the interface.
 	DeleteAddress(name string, ip netip.Addr) error
 	// NodeAddresses lists the node's IPv4 addresses, except loopback ones
-	// and those on the interface named except.
-	NodeAddresses(except string) ([]netip.Addr, error)
+	// and those on DummyInterface.
+	NodeAddresses() ([]netip.Addr, error)
 }
 
 // SetEntry is one ipset member. Which fields matter depends on the set's

@@ -15,6 +15,8 @@ import (
 
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+
+	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
@@ -340,26 +342,8 @@ func (l *kernelLinks) DeleteAddress(name string, ip netip.Addr) error {
 	return nil
 }
 
-func (l *kernelLinks) NodeAddresses(except string) ([]netip.Addr, error) {
-	skip := -1
-	if link, err := netlink.LinkByName(except); err == nil {
-		skip = link.Attrs().Index
-	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return nil, fmt.Errorf("list node addresses: %w", err)
-	}
-	seen := map[netip.Addr]bool{}
-	var out []netip.Addr
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok || ip.IsLoopback() || a.LinkIndex == skip || seen[ip] {
-			continue
-		}
-		seen[ip] = true
-		out = append(out, ip)
-	}
-	return out, nil
+func (l *kernelLinks) NodeAddresses() ([]netip.Addr, error) {
+	return proxier.NodeAddresses(nil)
 }
 
 // kernelIPSets is IPSets over netlink in the current network namespace.

@@ -25,7 +25,7 @@ import (
 
 // DummyInterface is the dummy link that holds every cluster, external and
 // LoadBalancer IP, so the kernel treats them as local and IPVS sees them.
-const DummyInterface = "kube-ipvs0"
+const DummyInterface = proxier.ServiceAddressInterface
 
 // DefaultGracePeriod bounds how long a removed real server with open
 // connections keeps weight 0 before it is deleted anyway.
@@ -246,7 +246,7 @@ func (p *Proxier) setup(ctx context.Context) error {
 
 // nodeAddresses returns the addresses NodePorts answer on.
 func (p *Proxier) nodeAddresses() ([]netip.Addr, error) {
-	all, err := p.opts.Links.NodeAddresses(DummyInterface)
+	all, err := p.opts.Links.NodeAddresses()
 	if err != nil {
 		return nil, fmt.Errorf("ipvs: %w", err)
 	}
@@ -830,7 +830,7 @@ func (p *Proxier) cleanupVirtualServers() error {
 	if err != nil {
 		return fmt.Errorf("ipvs cleanup: %w", err)
 	}
-	nodeAddrs, err := p.opts.Links.NodeAddresses(DummyInterface)
+	nodeAddrs, err := p.opts.Links.NodeAddresses()
 	if err != nil {
 		return fmt.Errorf("ipvs cleanup: %w", err)
 	}

@@ -74,10 +74,18 @@ func serviceIPs(sp *ServicePort) []netip.Addr {
 	return append(out, sp.LoadBalancerIPs...)
 }
 
+// ServiceAddressInterface is the dummy interface that holds service IPs in
+// IPVS mode (kube-proxy's name); its addresses are not node addresses.
+const ServiceAddressInterface = "kube-ipvs0"
+
 // NodeAddresses returns this node's IPv4 addresses inside cidrs (all of
-// them when cidrs is empty), skipping loopback: the addresses NodePorts
-// answer on.
+// them when cidrs is empty), skipping loopback and ServiceAddressInterface:
+// the addresses NodePorts answer on.
 func NodeAddresses(cidrs []netip.Prefix) ([]netip.Addr, error) {
+	skip := -1
+	if link, err := netlink.LinkByName(ServiceAddressInterface); err == nil {
+		skip = link.Attrs().Index
+	}
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		return nil, fmt.Errorf("list node addresses: %w", err)
@@ -86,7 +94,7 @@ func NodeAddresses(cidrs []netip.Prefix) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok || ip.IsLoopback() || seen[ip] {
+		if !ok || ip.IsLoopback() || a.LinkIndex == skip || seen[ip] {
 			continue
 		}
 		if len(cidrs) > 0 && !containsAny(cidrs, ip) {

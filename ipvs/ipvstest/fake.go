@@ -380,7 +380,7 @@ func (l *Links) DeleteAddress(name string, ip netip.Addr) error {
 }
 
 // NodeAddresses returns Node.
-func (l *Links) NodeAddresses(string) ([]netip.Addr, error) {
+func (l *Links) NodeAddresses() ([]netip.Addr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.Node), nil
