@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/modes"
 )
 
 func newCleanupCommand() *cobra.Command {
@@ -24,10 +25,10 @@ func newCleanupCommand() *cobra.Command {
 // runCleanup asks every mode to remove what it created.
 func runCleanup(ctx context.Context) error {
 	var errs []error
-	for _, mode := range allModes {
+	for _, mode := range modes.All {
 		cfg := proxier.DefaultConfig()
 		cfg.Mode = mode
-		p, err := newProxier(cfg)
+		p, err := modes.New(cfg)
 		if err != nil {
 			errs = append(errs, err)
 			continue

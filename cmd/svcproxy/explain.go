@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/modes"
 )
 
 func newExplainCommand() *cobra.Command {
@@ -40,7 +41,7 @@ the packet counters of each.`,
 			}
 			cfg := proxier.DefaultConfig()
 			cfg.Mode = mode
-			px, err := newProxier(cfg)
+			px, err := modes.New(cfg)
 			if err != nil {
 				return err
 			}

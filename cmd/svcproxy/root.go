@@ -15,6 +15,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/config"
+	"github.com/svcproxy/svcproxy/proxier/modes"
 )
 
 // runOptions are the root command's flags.
@@ -93,7 +94,7 @@ func (o *runOptions) run(ctx context.Context, fs *pflag.FlagSet) error {
 			return err
 		}
 	}
-	p, err := newProxier(o.cfg)
+	p, err := modes.New(o.cfg)
 	if err != nil {
 		return err
 	}

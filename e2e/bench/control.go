@@ -13,25 +13,9 @@ import (
 
 	"github.com/svcproxy/svcproxy/e2e/perf"
 	"github.com/svcproxy/svcproxy/e2e/topology"
-	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxier"
-	"github.com/svcproxy/svcproxy/userspace"
+	"github.com/svcproxy/svcproxy/proxier/modes"
 )
-
-// NewProxier builds the proxier of cfg.Mode.
-func NewProxier(cfg proxier.Config) (proxier.Proxier, error) {
-	switch cfg.Mode {
-	case proxier.ModeIPTables:
-		return iptables.New(cfg)
-	case proxier.ModeUserspace:
-		return userspace.New(cfg)
-	case proxier.ModeIPVS:
-		return ipvs.New(cfg)
-	default:
-		return nil, fmt.Errorf("unknown mode %q: want userspace, iptables or ipvs", cfg.Mode)
-	}
-}
 
 // MetricKernelNAT is the rule-count kind of the nat rules found in the
 // node's kernel after the first full sync (iptables-save -t nat), a
@@ -114,7 +98,7 @@ func controlOnce(ctx context.Context, o *Options, mode string, w perf.Workload) 
 	var p proxier.Proxier
 	err = node.Do(func() error {
 		var err error
-		if p, err = NewProxier(cfg); err != nil {
+		if p, err = modes.New(cfg); err != nil {
 			return fmt.Errorf("creating the %s proxier: %w", mode, err)
 		}
 		start := time.Now()

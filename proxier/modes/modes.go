@@ -1,4 +1,6 @@
-package main
+// Package modes builds the proxier of a mode by name. It is the one place
+// that knows every mode, for the command and the benchmark.
+package modes
 
 import (
 	"fmt"
@@ -9,8 +11,11 @@ import (
 	"github.com/svcproxy/svcproxy/userspace"
 )
 
-// newProxier builds the proxier of cfg.Mode.
-func newProxier(cfg proxier.Config) (proxier.Proxier, error) {
+// All lists every mode.
+var All = []string{proxier.ModeIPTables, proxier.ModeUserspace, proxier.ModeIPVS}
+
+// New builds the proxier of cfg.Mode.
+func New(cfg proxier.Config) (proxier.Proxier, error) {
 	switch cfg.Mode {
 	case proxier.ModeIPTables:
 		return iptables.New(cfg)
@@ -22,6 +27,3 @@ func newProxier(cfg proxier.Config) (proxier.Proxier, error) {
 		return nil, fmt.Errorf("unknown mode %q: want userspace, iptables or ipvs", cfg.Mode)
 	}
 }
-
-// allModes lists every mode, for cleanup.
-var allModes = []string{proxier.ModeIPTables, proxier.ModeUserspace, proxier.ModeIPVS}
