@@ -347,7 +347,7 @@ func (r *Report) endpoints() int {
 
 // plotSeries builds one series per implementation/mode/where for metric;
 // a mode keeps its colour across host and VM, VM lines are fainter.
-func (r *Report) plotSeries(metric, suffix string, dashed bool) []series {
+func (r *Report) plotSeries(metric, suffix, dash string) []series {
 	var ss []series
 	var modes [][2]string
 	for _, im := range r.Impls() {
@@ -369,28 +369,30 @@ func (r *Report) plotSeries(metric, suffix string, dashed bool) []series {
 			where = " (VM)"
 		}
 		color := palette[slices.Index(modes, [2]string{im[0], im[1]})%len(palette)]
-		ss = append(ss, series{name: im[0] + "/" + im[1] + where + suffix, color: color, dashed: dashed, faint: im[2] == WhereVM,
+		ss = append(ss, series{name: im[0] + "/" + im[1] + where + suffix, color: color, dash: dash, faint: im[2] == WhereVM,
 			xs: xs, ys: med, lo: lo, hi: hi})
 	}
 	return ss
 }
 
-// SyncSVG plots full sync (solid) and one-endpoint change p50 (dashed)
-// against N.
+// SyncSVG plots the in-process full sync (solid) and one-endpoint change
+// p50 (dashed) against N, and the apiserver comparison's first sync and
+// change p50 (dotted).
 func (r *Report) SyncSVG() string {
-	ss := append(r.plotSeries(MetricFullSync, " full", false), r.plotSeries(MetricChangeP50, " change", true)...)
-	ss = append(ss, r.plotSeries(MetricAPIFirstSync, " API full", false)...)
+	ss := append(r.plotSeries(MetricFullSync, " full", solid), r.plotSeries(MetricChangeP50, " change", dashed)...)
+	ss = append(ss, r.plotSeries(MetricAPIFirstSync, " API first sync", dotted)...)
+	ss = append(ss, r.plotSeries(MetricAPIChangeP50, " API change", dotted)...)
 	return plotSVG("Sync time vs services (median, min–max bars)", "services (N)", "seconds", ss)
 }
 
 // LatencySVG plots request latency p50 (solid) and p99 (dashed) through
 // the ClusterIP against N, with direct p50 for reference.
 func (r *Report) LatencySVG() string {
-	ss := append(r.plotSeries(MetricLatP50, " p50", false), r.plotSeries(MetricLatP99, " p99", true)...)
+	ss := append(r.plotSeries(MetricLatP50, " p50", solid), r.plotSeries(MetricLatP99, " p99", dashed)...)
 	// One direct line per place: every mode's topology measures the same
 	// direct path.
 	seen := map[bool]bool{}
-	for _, s := range r.plotSeries(DirectPrefix+MetricLatP50, " direct p50", true) {
+	for _, s := range r.plotSeries(DirectPrefix+MetricLatP50, " direct p50", dotted) {
 		if seen[s.faint] {
 			continue
 		}

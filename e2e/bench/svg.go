@@ -6,12 +6,20 @@ import (
 	"strings"
 )
 
+// Line styles of plotSVG.
+const (
+	solid  = ""
+	dashed = "6 4"
+	dotted = "2 3"
+)
+
 // series is one line of a plot: medians ys at xs, with the spread lo..hi
 // drawn as error bars.
 type series struct {
-	name   string
-	color  string
-	dashed bool
+	name  string
+	color string
+	// dash is an SVG stroke-dasharray ("" draws a solid line).
+	dash   string
 	faint  bool
 	xs     []float64
 	ys     []float64
@@ -77,8 +85,8 @@ func plotSVG(title, xlabel, ylabel string, ss []series) string {
 	fmt.Fprintf(&b, `<text transform="translate(16 %.0f) rotate(-90)" text-anchor="middle">%s</text>`+"\n", float64(top)+ph/2, esc(ylabel))
 	for i, s := range ss {
 		dash := ""
-		if s.dashed {
-			dash = ` stroke-dasharray="6 4"`
+		if s.dash != "" {
+			dash = ` stroke-dasharray="` + s.dash + `"`
 		}
 		if s.faint {
 			dash += ` stroke-opacity="0.55"`
