@@ -24,11 +24,10 @@ const MetricKernelNAT = "kernel-nat"
 
 // controlRep is what one repetition of the control-plane measurement saw.
 type controlRep struct {
-	full     time.Duration
-	changes  []time.Duration
-	heap     float64 // MB
-	rules    map[string]int
-	warmedUp bool
+	full    time.Duration
+	changes []time.Duration
+	heap    float64 // MB
+	rules   map[string]int
 }
 
 // controlPlane measures mode with n services × e endpoints in-process: a
