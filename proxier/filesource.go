@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,17 @@ type FileSource struct {
 
 	services map[types.NamespacedName]*v1.Service
 	slices   map[types.NamespacedName]*discovery.EndpointSlice
+	// parsed caches each file's objects by the hash of its content, so a
+	// change re-parses only the files that changed.
+	parsed map[string]parsedFile
+}
+
+// parsedFile is one file's objects and the hash of the content they came
+// from.
+type parsedFile struct {
+	sum      [sha256.Size]byte
+	services []*v1.Service
+	slices   []*discovery.EndpointSlice
 }
 
 // fileDecoder decodes the two kinds the file source accepts, strictly.
@@ -129,13 +141,13 @@ func isManifest(name string) bool {
 
 // reload re-reads every file and sends the differences to sink.
 func (f *FileSource) reload(sink Sink) {
-	services, slices, err := ReadManifests(f.Path)
+	services, slices, err := f.read()
 	if err != nil {
 		klog.ErrorS(err, "File source: cannot read; keeping the previous state", "path", f.Path)
 		return
 	}
 	for key, svc := range services {
-		if old, ok := f.services[key]; !ok || !equality.Semantic.DeepEqual(old, svc) {
+		if old, ok := f.services[key]; !ok || (old != svc && !equality.Semantic.DeepEqual(old, svc)) {
 			sink.UpdateService(svc)
 		}
 	}
@@ -145,7 +157,7 @@ func (f *FileSource) reload(sink Sink) {
 		}
 	}
 	for key, s := range slices {
-		if old, ok := f.slices[key]; !ok || !equality.Semantic.DeepEqual(old, s) {
+		if old, ok := f.slices[key]; !ok || (old != s && !equality.Semantic.DeepEqual(old, s)) {
 			sink.UpdateEndpointSlice(s)
 		}
 	}
@@ -158,14 +170,15 @@ func (f *FileSource) reload(sink Sink) {
 	klog.V(2).InfoS("File source loaded", "path", f.Path, "services", len(services), "endpointSlices", len(slices))
 }
 
-// ReadManifests reads every Service and EndpointSlice under path. A bad
-// document is logged with its file and position and skipped. Objects without
-// a namespace get "default".
-func ReadManifests(path string) (map[types.NamespacedName]*v1.Service, map[types.NamespacedName]*discovery.EndpointSlice, error) {
-	files, err := manifestFiles(path)
+// read returns every Service and EndpointSlice under f.Path, parsing only
+// the files that changed since the last read. Objects without a namespace
+// get "default".
+func (f *FileSource) read() (map[types.NamespacedName]*v1.Service, map[types.NamespacedName]*discovery.EndpointSlice, error) {
+	files, err := manifestFiles(f.Path)
 	if err != nil {
 		return nil, nil, err
 	}
+	parsed := make(map[string]parsedFile, len(files))
 	services := map[types.NamespacedName]*v1.Service{}
 	slices := map[types.NamespacedName]*discovery.EndpointSlice{}
 	for _, file := range files {
@@ -173,41 +186,61 @@ func ReadManifests(path string) (map[types.NamespacedName]*v1.Service, map[types
 		if err != nil {
 			return nil, nil, fmt.Errorf("read %s: %w", file, err)
 		}
-		reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-		for doc := 1; ; doc++ {
-			raw, err := reader.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				klog.ErrorS(err, "Skipping the rest of an unreadable file", "file", file, "document", doc)
-				break
-			}
-			if len(bytes.TrimSpace(raw)) == 0 || isOnlyComments(raw) {
-				continue
-			}
-			obj, _, err := fileDecoder.Decode(raw, nil, nil)
-			if err != nil {
-				klog.ErrorS(err, "Skipping invalid document", "file", file, "document", doc)
-				continue
-			}
-			switch o := obj.(type) {
-			case *v1.Service:
-				if o.Namespace == "" {
-					o.Namespace = "default"
-				}
-				services[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = o
-			case *discovery.EndpointSlice:
-				if o.Namespace == "" {
-					o.Namespace = "default"
-				}
-				slices[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = o
-			default:
-				klog.InfoS("Ignoring a document that is neither a Service nor an EndpointSlice", "file", file, "document", doc, "kind", obj.GetObjectKind().GroupVersionKind().Kind)
-			}
+		pf, ok := f.parsed[file]
+		if sum := sha256.Sum256(data); !ok || pf.sum != sum {
+			pf = parseManifests(file, data)
+			pf.sum = sum
+		}
+		parsed[file] = pf
+		for _, o := range pf.services {
+			services[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = o
+		}
+		for _, o := range pf.slices {
+			slices[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = o
 		}
 	}
+	f.parsed = parsed
 	return services, slices, nil
+}
+
+// parseManifests parses the Services and EndpointSlices of one file's
+// content. A bad document is logged with its file and position and skipped.
+func parseManifests(file string, data []byte) parsedFile {
+	var pf parsedFile
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for doc := 1; ; doc++ {
+		raw, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			klog.ErrorS(err, "Skipping the rest of an unreadable file", "file", file, "document", doc)
+			break
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || isOnlyComments(raw) {
+			continue
+		}
+		obj, _, err := fileDecoder.Decode(raw, nil, nil)
+		if err != nil {
+			klog.ErrorS(err, "Skipping invalid document", "file", file, "document", doc)
+			continue
+		}
+		switch o := obj.(type) {
+		case *v1.Service:
+			if o.Namespace == "" {
+				o.Namespace = "default"
+			}
+			pf.services = append(pf.services, o)
+		case *discovery.EndpointSlice:
+			if o.Namespace == "" {
+				o.Namespace = "default"
+			}
+			pf.slices = append(pf.slices, o)
+		default:
+			klog.InfoS("Ignoring a document that is neither a Service nor an EndpointSlice", "file", file, "document", doc, "kind", obj.GetObjectKind().GroupVersionKind().Kind)
+		}
+	}
+	return pf
 }
 
 func isOnlyComments(doc []byte) bool {
