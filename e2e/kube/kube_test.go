@@ -78,7 +78,7 @@ func setup(t *testing.T, mode string) *env {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			dumpLogs(t, e.cluster)
+			t.Log(e.cluster.LogTails(30))
 		}
 		if err := e.cluster.Close(); err != nil {
 			t.Errorf("close cluster: %v", err)
@@ -432,17 +432,4 @@ func waitSynced(ctx context.Context, t *testing.T, node *topology.Node, p *topol
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("svcproxy on %s did not sync within 60s", node.Name)
-}
-
-// dumpLogs prints the tail of every process log.
-func dumpLogs(t *testing.T, c *topology.Cluster) {
-	entries, _ := os.ReadDir(c.LogDir)
-	for _, en := range entries {
-		data, _ := os.ReadFile(filepath.Join(c.LogDir, en.Name()))
-		lines := strings.Split(string(data), "\n")
-		if len(lines) > 30 {
-			lines = lines[len(lines)-30:]
-		}
-		t.Logf("=== %s ===\n%s", en.Name(), strings.Join(lines, "\n"))
-	}
 }

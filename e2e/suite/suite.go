@@ -79,7 +79,10 @@ func Run(t *testing.T, opts Options) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			dumpLogs(t, cluster)
+			t.Log(cluster.LogTails(40))
+			if out, err := cluster.Node("node1").Run(context.Background(), "iptables-save"); err == nil {
+				t.Logf("=== node1 iptables-save ===\n%s", out)
+			}
 		}
 		if err := cluster.Close(); err != nil {
 			t.Errorf("close cluster: %v", err)
@@ -130,22 +133,6 @@ func BuildBinary(t testing.TB) string {
 		t.Fatalf("build svcproxy: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// dumpLogs prints the tail of every process log and the rules of node1.
-func dumpLogs(t *testing.T, c *topology.Cluster) {
-	entries, _ := os.ReadDir(c.LogDir)
-	for _, e := range entries {
-		data, _ := os.ReadFile(filepath.Join(c.LogDir, e.Name()))
-		lines := strings.Split(string(data), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		t.Logf("=== %s ===\n%s", e.Name(), strings.Join(lines, "\n"))
-	}
-	if out, err := c.Node("node1").Run(context.Background(), "iptables-save"); err == nil {
-		t.Logf("=== node1 iptables-save ===\n%s", out)
-	}
 }
 
 // host returns a named host: a pod, a node or "external".

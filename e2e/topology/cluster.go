@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -576,4 +577,20 @@ func addRoute(nl *netlink.Handle, r *netlink.Route) error {
 // is kept as given (not masked), as an interface address needs.
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// LogTails returns the last n lines of every process log of the cluster,
+// each under a "=== file ===" header, for a failed test to print.
+func (c *Cluster) LogTails(n int) string {
+	var b strings.Builder
+	entries, _ := os.ReadDir(c.LogDir)
+	for _, e := range entries {
+		data, _ := os.ReadFile(filepath.Join(c.LogDir, e.Name()))
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		fmt.Fprintf(&b, "=== %s ===\n%s\n", e.Name(), strings.Join(lines, "\n"))
+	}
+	return b.String()
 }

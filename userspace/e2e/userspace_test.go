@@ -71,7 +71,10 @@ func TestUserspaceMode(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			dumpLogs(t, c)
+			t.Log(c.LogTails(40))
+			if out, err := c.Node("node1").Run(context.Background(), "iptables-save"); err == nil {
+				t.Logf("=== node1 iptables-save ===\n%s", out)
+			}
 		}
 		if err := c.Close(); err != nil {
 			t.Errorf("close cluster: %v", err)
@@ -244,20 +247,4 @@ func eventually(t *testing.T, what string, check func() error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("%s: not true within 20s: %v", what, err)
-}
-
-// dumpLogs prints the process logs and node1's rules after a failure.
-func dumpLogs(t *testing.T, c *topology.Cluster) {
-	entries, _ := os.ReadDir(c.LogDir)
-	for _, e := range entries {
-		data, _ := os.ReadFile(filepath.Join(c.LogDir, e.Name()))
-		lines := strings.Split(string(data), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		t.Logf("=== %s ===\n%s", e.Name(), strings.Join(lines, "\n"))
-	}
-	if out, err := c.Node("node1").Run(context.Background(), "iptables-save"); err == nil {
-		t.Logf("=== node1 iptables-save ===\n%s", out)
-	}
 }
