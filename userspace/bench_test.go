@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -35,46 +34,28 @@ func benchBackend(b *testing.B) netip.AddrPort {
 	}
 	answer := []byte(strings.Repeat("x", 63) + "\n")
 	block := make([]byte, 1<<20)
-	var wg sync.WaitGroup
-	b.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.AcceptTCP()
+	acceptLoop(b, ln, func(c *net.TCPConn) {
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSpace(line)
+		if line == "ping" {
+			_, _ = c.Write(answer)
+			return
+		}
+		n, err := strconv.Atoi(line)
+		if err != nil {
+			return
+		}
+		for n > 0 {
+			k, err := c.Write(block[:min(n, len(block))])
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
-					return
-				}
-				line = strings.TrimSpace(line)
-				if line == "ping" {
-					_, _ = c.Write(answer)
-					return
-				}
-				n, err := strconv.Atoi(line)
-				if err != nil {
-					return
-				}
-				for n > 0 {
-					k, err := c.Write(block[:min(n, len(block))])
-					if err != nil {
-						return
-					}
-					n -= k
-				}
-			}()
+			n -= k
 		}
-	}()
+	})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

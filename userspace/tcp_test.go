@@ -54,6 +54,13 @@ func startBackend(t testing.TB, name string, mode backendMode) netip.AddrPort {
 		ln.Close() // the port is now free: connects are refused
 		return addr
 	}
+	acceptLoop(t, ln, func(c *net.TCPConn) { serveBackend(c, name, mode) })
+	return addr
+}
+
+// acceptLoop serves every connection ln accepts with handle (which need not
+// close it) until the test ends, then closes ln and waits for the handlers.
+func acceptLoop(t testing.TB, ln *net.TCPListener, handle func(*net.TCPConn)) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		ln.Close()
@@ -71,11 +78,10 @@ func startBackend(t testing.TB, name string, mode backendMode) netip.AddrPort {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				serveBackend(c, name, mode)
+				handle(c)
 			}()
 		}
 	}()
-	return addr
 }
 
 func serveBackend(c *net.TCPConn, name string, mode backendMode) {
